@@ -1,0 +1,1 @@
+"""statelab: where state lives, made measurable."""

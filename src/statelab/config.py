@@ -1,0 +1,213 @@
+"""Typed settings: the profile, where each kind of state lives, URLs, secrets, limits.
+
+Settings are built once in ``main()`` or by a test and passed to ``create_app`` —
+never at import time. Every field also reads from ``STATELAB_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(StrEnum):
+    stateful = "stateful"
+    stateless = "stateless"
+    token = "token"
+
+
+#: Every state kind and the placements it accepts; the first is the stateful one.
+PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "session": ("memory", "redis", "jwt"),
+    "cart": ("memory", "redis", "client"),
+    "ledger": ("memory", "db"),
+    "chat": ("memory", "redis"),
+    "files": ("disk", "objects"),
+    "jobs": ("inprocess", "queue"),
+    "ratelimit": ("memory", "redis"),
+}
+
+PROFILES: dict[Profile, dict[str, str]] = {
+    Profile.stateful: {
+        "session": "memory",
+        "cart": "memory",
+        "ledger": "memory",
+        "chat": "memory",
+        "files": "disk",
+        "jobs": "inprocess",
+        "ratelimit": "memory",
+    },
+    Profile.stateless: {
+        "session": "redis",
+        "cart": "redis",
+        "ledger": "db",
+        "chat": "redis",
+        "files": "objects",
+        "jobs": "queue",
+        "ratelimit": "redis",
+    },
+    Profile.token: {
+        "session": "jwt",
+        "cart": "client",
+        "ledger": "db",
+        "chat": "redis",
+        "files": "objects",
+        "jobs": "queue",
+        "ratelimit": "redis",
+    },
+}
+
+#: Placements that cannot work without a Redis server.
+NEEDS_REDIS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("session", "redis"),
+        ("session", "jwt"),  # the deny-list that makes logout-all possible
+        ("cart", "redis"),
+        ("chat", "redis"),
+        ("jobs", "queue"),
+        ("ratelimit", "redis"),
+    }
+)
+
+_DEV_SECRET_PREFIX = "dev-only-"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or contradicts another one."""
+
+
+def parse_place(values: list[str] | None) -> dict[str, str]:
+    """Parse ``--place KIND=PLACEMENT`` options into a mapping, naming what is wrong."""
+    result: dict[str, str] = {}
+    for raw in values or []:
+        kind, sep, placement = raw.partition("=")
+        kind, placement = kind.strip(), placement.strip()
+        if not sep or kind not in PLACEMENTS:
+            known = ", ".join(PLACEMENTS)
+            raise ConfigError(f"--place {raw!r}: expected KIND=PLACEMENT with KIND one of {known}")
+        if placement not in PLACEMENTS[kind]:
+            allowed = "|".join(PLACEMENTS[kind])
+            raise ConfigError(f"--place {raw!r}: {kind} placement must be one of {allowed}")
+        result[kind] = placement
+    return result
+
+
+def database_url_async(url: str) -> str:
+    """Turn the plain URL a user types into one with an asyncio driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"--database-url {url!r}: expected sqlite:///PATH or postgresql://...")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ConfigError(f"--database-url {url!r}: only sqlite and postgresql are supported")
+
+
+class Settings(BaseSettings):
+    """Everything one replica needs to know. Built once and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="STATELAB_", extra="ignore", frozen=True)
+
+    profile: Profile = Profile.stateless
+    place: dict[str, str] = Field(default_factory=dict)
+    replica_id: str = "r1"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str | None = None
+    database_url: str = "sqlite:///statelab.db"
+    data_dir: Path = Path("data")
+    object_store_url: str | None = None
+
+    # Secrets: a random one per process is only usable with a single replica; a
+    # cluster passes one shared value. Placeholders are refused.
+    secret_key: str = Field(default_factory=lambda: _DEV_SECRET_PREFIX + secrets.token_hex(16))
+    jwt_keys: dict[str, str] = Field(default_factory=dict)
+    jwt_active_kid: str = "k1"
+    jwt_issuer: str = "statelab"
+    jwt_audience: str = "statelab-shop"
+    jwt_ttl_seconds: int = 900
+
+    session_idle_seconds: int = 1800
+    session_absolute_seconds: int = 12 * 3600
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+
+    login_limit_per_account: int = 10
+    login_limit_per_address: int = 30
+    login_window_seconds: int = 60
+
+    max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_cart_lines: int = 30
+    max_line_quantity: int = 50
+    max_client_cart_bytes: int = 3000
+    max_message_chars: int = 2000
+    idempotency_ttl_seconds: int = 24 * 3600
+    graceful_timeout_seconds: float = 10.0
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+
+    @field_validator("secret_key")
+    @classmethod
+    def _refuse_placeholder(cls, value: str) -> str:
+        if value.lower() in {"changeme", "change-me", "secret", ""} or len(value) < 16:
+            raise ValueError("secret_key must be at least 16 characters and not a placeholder")
+        return value
+
+    @model_validator(mode="after")
+    def _check_placements(self) -> Self:
+        for kind, placement in self.place.items():
+            if kind not in PLACEMENTS or placement not in PLACEMENTS[kind]:
+                raise ValueError(f"place {kind}={placement} is not a known placement")
+        if self.redis_url is None:
+            needy = [f"{k}={p}" for k, p in self.placements.items() if (k, p) in NEEDS_REDIS]
+            if needy:
+                raise ValueError(
+                    f"--redis-url is required by {', '.join(needy)} "
+                    f"(profile {self.profile.value}); give one or --place the kind elsewhere"
+                )
+        database_url_async(self.database_url)
+        return self
+
+    @property
+    def placements(self) -> dict[str, str]:
+        """The profile's placements with the ``--place`` overrides applied."""
+        return {**PROFILES[self.profile], **self.place}
+
+    def placement(self, kind: str) -> str:
+        return self.placements[kind]
+
+    @property
+    def async_database_url(self) -> str:
+        return database_url_async(self.database_url)
+
+    @property
+    def signing_keys(self) -> dict[str, str]:
+        """JWT keys by ``kid``; without explicit keys one is derived from the secret."""
+        return self.jwt_keys or {self.jwt_active_kid: self.secret_key}
+
+
+def build_settings(**values: Any) -> Settings:
+    """Build settings from keyword values (``None`` means "not given") and the environment."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:
+        raise ConfigError(_first_error(exc)) from exc
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        return f"{where}: {first.get('msg', exc)}".removeprefix("settings: ").removeprefix(
+            "Value error, "
+        )
+    return str(exc)
