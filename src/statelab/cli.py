@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from statelab.config import ConfigError, Profile, Settings, build_settings, parse_place
+from statelab.config import (
+    ConfigError,
+    Profile,
+    Settings,
+    build_settings,
+    database_url_async,
+    parse_place,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -23,7 +30,9 @@ PlaceOpt = Annotated[
         envvar="STATELAB_PLACE",
     ),
 ]
-RedisOpt = Annotated[str | None, typer.Option(help="redis://host:port/db", envvar="STATELAB_REDIS_URL")]
+RedisOpt = Annotated[
+    str | None, typer.Option(help="redis://host:port/db", envvar="STATELAB_REDIS_URL")
+]
 DatabaseOpt = Annotated[
     str | None,
     typer.Option(
@@ -88,8 +97,12 @@ def migrate(database_url: DatabaseOpt = None) -> None:
     from statelab.db.migrate import upgrade
 
     _logging("WARNING")
-    settings = _settings(database_url=database_url)
-    revision = upgrade(settings.database_url)
+    url = database_url or Settings.model_fields["database_url"].default
+    try:
+        database_url_async(url)
+    except ConfigError as exc:
+        raise fail(str(exc)) from exc
+    revision = upgrade(url)
     typer.echo(f"database at revision {revision}")
 
 

@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     max_message_chars: int = 2000
     idempotency_ttl_seconds: int = 24 * 3600
     graceful_timeout_seconds: float = 10.0
+    drain_seconds: float = 1.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
 

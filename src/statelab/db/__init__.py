@@ -1,0 +1,1 @@
+"""SQL storage: models, the engine, Alembic migrations."""

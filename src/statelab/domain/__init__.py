@@ -1,0 +1,1 @@
+"""Pure rules and models of the shop. Imports nothing of statelab's outside this package."""

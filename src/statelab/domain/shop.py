@@ -1,0 +1,86 @@
+"""Pure shop rules: the menu, carts priced from it, money in integer cents."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from statelab.domain.errors import InvalidInput, LimitExceeded, NotFound
+
+#: A cart as stored by every placement: menu item id -> quantity (> 0).
+CartLines = dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class MenuItem:
+    id: int
+    name: str
+    kind: str
+    price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Menu:
+    items: tuple[MenuItem, ...]
+
+    def get(self, item_id: int) -> MenuItem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise NotFound(f"menu item {item_id} does not exist")
+
+
+@cache
+def load_menu() -> Menu:
+    """The menu shipped with the package (``domain/menu.json``)."""
+    raw = json.loads(resources.files(__package__).joinpath("menu.json").read_text("utf-8"))
+    return Menu(tuple(MenuItem(**item) for item in raw["items"]))
+
+
+@dataclass(frozen=True, slots=True)
+class CartLimits:
+    max_lines: int
+    max_quantity: int
+
+    def check_quantity(self, quantity: int, *, allow_zero: bool = False) -> None:
+        low = 0 if allow_zero else 1
+        if not low <= quantity <= self.max_quantity:
+            raise LimitExceeded(f"quantity must be between {low} and {self.max_quantity}")
+
+    def check_lines(self, lines: CartLines) -> None:
+        if len(lines) > self.max_lines:
+            raise LimitExceeded(f"a cart holds at most {self.max_lines} different items")
+
+
+@dataclass(frozen=True, slots=True)
+class PricedLine:
+    item_id: int
+    name: str
+    quantity: int
+    price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedCart:
+    lines: tuple[PricedLine, ...]
+    total_cents: int
+
+
+def price(lines: CartLines, menu: Menu) -> PricedCart:
+    """Price a cart from the menu, in menu order, ignoring items no longer on it."""
+    known = {item.id: item for item in menu.items}
+    priced = tuple(
+        PricedLine(item_id, known[item_id].name, qty, known[item_id].price_cents)
+        for item_id, qty in sorted(lines.items())
+        if item_id in known and qty > 0
+    )
+    return PricedCart(priced, sum(line.quantity * line.price_cents for line in priced))
+
+
+def positive_amount(amount_cents: int, *, limit: int = 10_000_000) -> int:
+    """Money moved by one request: positive integer cents, below a sanity limit."""
+    if not 0 < amount_cents <= limit:
+        raise InvalidInput(f"amount_cents must be between 1 and {limit}")
+    return amount_cents

@@ -1,0 +1,145 @@
+"""Where each kind of state lives. One module per kind, each with a Protocol and
+its placements; ``open_stores`` builds the set the settings ask for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from statelab.config import Settings
+from statelab.db.engine import make_engine, sessionmaker
+from statelab.domain.shop import CartLimits
+from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts
+from statelab.state.errors import store_guard
+from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
+from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from statelab.state.session import (
+    JwtConfig,
+    JwtSessions,
+    Lifetimes,
+    MemorySessions,
+    RedisSessions,
+    SessionStore,
+)
+from statelab.state.users import UserStore
+
+
+@dataclass
+class Stores:
+    """Every store a replica uses, built for one set of placements."""
+
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis | None
+    users: UserStore
+    sessions: SessionStore
+    carts: CartStore
+    ledger: Ledger
+    ratelimit: RateLimiter
+
+    async def check_ready(self) -> dict[str, bool]:
+        """Whether each backing store answers right now."""
+        status = {"database": await _sql_answers(self.engine)}
+        if self.redis is not None:
+            status["redis"] = await _redis_answers(self.redis)
+        return status
+
+
+async def _sql_answers(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+async def _redis_answers(redis: Redis) -> bool:
+    try:
+        with store_guard("redis"):
+            return bool(await redis.ping())
+    except Exception:
+        return False
+
+
+def make_redis(url: str) -> Redis:
+    """One pooled client per process; short timeouts so a dead Redis gives a fast 503."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=10,
+        max_connections=200,
+    )
+
+
+def _session_store(settings: Settings, redis: Redis | None) -> SessionStore:
+    life = Lifetimes(settings.session_idle_seconds, settings.session_absolute_seconds)
+    placement = settings.placement("session")
+    if placement == "memory":
+        return MemorySessions(life)
+    assert redis is not None  # Settings refuses these placements without a Redis URL
+    if placement == "redis":
+        return RedisSessions(redis, life)
+    jwt_config = JwtConfig(
+        keys=settings.signing_keys,
+        active_kid=settings.jwt_active_kid,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl=settings.jwt_ttl_seconds,
+    )
+    return JwtSessions(redis, jwt_config)
+
+
+def _cart_store(settings: Settings, redis: Redis | None) -> CartStore:
+    limits = CartLimits(settings.max_cart_lines, settings.max_line_quantity)
+    placement = settings.placement("cart")
+    if placement == "memory":
+        return MemoryCarts(limits)
+    if placement == "client":
+        return ClientCarts(settings.secret_key, limits, settings.max_client_cart_bytes)
+    assert redis is not None
+    return RedisCarts(redis, limits, ttl=settings.session_absolute_seconds)
+
+
+def _rate_limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
+    if settings.placement("ratelimit") == "memory":
+        return MemoryRateLimiter()
+    assert redis is not None
+    return RedisRateLimiter(redis)
+
+
+@asynccontextmanager
+async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
+    """Build the stores for the settings' placements; close their connections after."""
+    engine = make_engine(settings.database_url)
+    redis = make_redis(settings.redis_url) if settings.redis_url else None
+    hasher = PasswordHasher(
+        time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib, parallelism=1
+    )
+    db_sessions = sessionmaker(engine)
+    ledger: Ledger = (
+        MemoryLedger() if settings.placement("ledger") == "memory" else SqlLedger(db_sessions)
+    )
+    try:
+        yield Stores(
+            settings=settings,
+            engine=engine,
+            redis=redis,
+            users=UserStore(db_sessions, hasher),
+            sessions=_session_store(settings, redis),
+            carts=_cart_store(settings, redis),
+            ledger=ledger,
+            ratelimit=_rate_limiter(settings, redis),
+        )
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()

@@ -1,0 +1,244 @@
+"""What is in a cart: the cart placements.
+
+- ``memory``: a dict in this replica.
+- ``redis``: one hash per cart; every change is a single atomic script, so
+  concurrent changes through any number of replicas never lose an update.
+- ``client``: the cart travels in a signed, size-limited cookie. No server
+  keeps it; two concurrent writes from one client race, and the last one wins.
+
+A cart belongs to an *owner*: ``u:<user id>`` for a logged-in user, ``a:<random
+id>`` for an anonymous visitor. ``CartRef`` carries the owner and, for the client
+placement, the cookie value in and out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+from statelab.domain.errors import LimitExceeded
+from statelab.domain.shop import CartLimits, CartLines
+from statelab.state import keys
+from statelab.state.errors import store_guard
+
+
+@dataclass(slots=True)
+class CartRef:
+    """Whose cart, and (client placement) the signed value the client sent."""
+
+    owner: str
+    carried: str | None = None
+    changed: bool = False
+
+
+class CartStore(Protocol):
+    name: str
+
+    async def get(self, ref: CartRef) -> CartLines: ...
+
+    async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
+        """Add quantities to lines (creating them); the whole cart after the change."""
+        ...
+
+    async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
+        """Set one line's quantity; 0 removes it."""
+        ...
+
+    async def clear(self, ref: CartRef) -> None: ...
+
+
+def _check_add(current: CartLines, lines: CartLines, limits: CartLimits) -> CartLines:
+    merged = dict(current)
+    for item_id, qty in lines.items():
+        merged[item_id] = merged.get(item_id, 0) + qty
+        limits.check_quantity(merged[item_id])
+    limits.check_lines(merged)
+    return merged
+
+
+def _check_set(current: CartLines, item_id: int, quantity: int, limits: CartLimits) -> CartLines:
+    limits.check_quantity(quantity, allow_zero=True)
+    merged = dict(current)
+    if quantity == 0:
+        merged.pop(item_id, None)
+    else:
+        merged[item_id] = quantity
+    limits.check_lines(merged)
+    return merged
+
+
+class MemoryCarts:
+    """Carts in this replica's memory. Single-threaded asyncio makes each change atomic."""
+
+    name = "memory"
+
+    def __init__(self, limits: CartLimits) -> None:
+        self._limits = limits
+        self._carts: dict[str, CartLines] = {}
+
+    async def get(self, ref: CartRef) -> CartLines:
+        return dict(self._carts.get(ref.owner, {}))
+
+    async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
+        self._carts[ref.owner] = _check_add(self._carts.get(ref.owner, {}), lines, self._limits)
+        return dict(self._carts[ref.owner])
+
+    async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
+        updated = _check_set(self._carts.get(ref.owner, {}), item_id, quantity, self._limits)
+        self._carts[ref.owner] = updated
+        return dict(updated)
+
+    async def clear(self, ref: CartRef) -> None:
+        self._carts.pop(ref.owner, None)
+
+
+# KEYS[1] cart hash; ARGV: ttl, max_lines, max_qty, then item/qty pairs.
+# Checks every limit before changing anything, so a refused add changes nothing.
+_ADD = """
+local ttl, max_lines, max_qty = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lines = redis.call('HLEN', KEYS[1])
+for i = 4, #ARGV, 2 do
+  local have = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if have == 0 then lines = lines + 1 end
+  if have + tonumber(ARGV[i + 1]) > max_qty then return {err = 'quantity'} end
+end
+if lines > max_lines then return {err = 'lines'} end
+for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] cart hash; ARGV: ttl, max_lines, item, qty (0 deletes the line).
+_SET = """
+local ttl, max_lines, qty = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+if qty == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+else
+  local new = redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0
+  if new and redis.call('HLEN', KEYS[1]) + 1 > max_lines then return {err = 'lines'} end
+  redis.call('HSET', KEYS[1], ARGV[3], qty)
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _lines_from_flat(flat: list[str]) -> CartLines:
+    return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class RedisCarts:
+    """Carts as Redis hashes changed only by atomic scripts: no lost updates."""
+
+    name = "redis"
+
+    def __init__(self, redis: Redis, limits: CartLimits, ttl: int) -> None:
+        self._redis = redis
+        self._limits = limits
+        self._ttl = ttl
+        self._add = redis.register_script(_ADD)
+        self._set = redis.register_script(_SET)
+
+    async def get(self, ref: CartRef) -> CartLines:
+        with store_guard("redis"):
+            raw = await self._redis.hgetall(keys.cart(ref.owner))
+        return {int(k): int(v) for k, v in raw.items()}
+
+    async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
+        for qty in lines.values():
+            self._limits.check_quantity(qty)
+        args: list[int] = [self._ttl, self._limits.max_lines, self._limits.max_quantity]
+        for item_id, qty in lines.items():
+            args += [item_id, qty]
+        flat = await self._run(self._add, ref, args)
+        return _lines_from_flat(flat)
+
+    async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
+        self._limits.check_quantity(quantity, allow_zero=True)
+        args = [self._ttl, self._limits.max_lines, item_id, quantity]
+        return _lines_from_flat(await self._run(self._set, ref, args))
+
+    async def clear(self, ref: CartRef) -> None:
+        with store_guard("redis"):
+            await self._redis.delete(keys.cart(ref.owner))
+
+    async def _run(self, script: object, ref: CartRef, args: list[int]) -> list[str]:
+        from redis.exceptions import ResponseError
+
+        try:
+            with store_guard("redis"):
+                result: list[str] = await script(keys=[keys.cart(ref.owner)], args=args)  # type: ignore[operator]
+        except ResponseError as exc:
+            if "lines" in str(exc):
+                raise LimitExceeded(
+                    f"a cart holds at most {self._limits.max_lines} different items"
+                ) from exc
+            if "quantity" in str(exc):
+                raise LimitExceeded(
+                    f"quantity must be between 1 and {self._limits.max_quantity}"
+                ) from exc
+            raise
+        return result
+
+
+class ClientCarts:
+    """The cart as a signed value the client carries; the server keeps nothing.
+
+    Format: ``base64url(json) + "." + base64url(hmac-sha256)``. The owner is inside
+    the signed part, so a cart cookie copied from another user is ignored.
+    """
+
+    name = "client"
+
+    def __init__(self, secret: str, limits: CartLimits, max_bytes: int) -> None:
+        self._key = hashlib.sha256(b"statelab-cart:" + secret.encode()).digest()
+        self._limits = limits
+        self._max_bytes = max_bytes
+
+    async def get(self, ref: CartRef) -> CartLines:
+        return self._read(ref)
+
+    async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
+        return self._write(ref, _check_add(self._read(ref), lines, self._limits))
+
+    async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
+        return self._write(ref, _check_set(self._read(ref), item_id, quantity, self._limits))
+
+    async def clear(self, ref: CartRef) -> None:
+        self._write(ref, {})
+
+    def _sign(self, payload: bytes) -> str:
+        return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
+
+    def _read(self, ref: CartRef) -> CartLines:
+        if not ref.carried:
+            return {}
+        body, _, signature = ref.carried.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            if not hmac.compare_digest(self._sign(payload), signature):
+                return {}
+            data = orjson.loads(payload)
+            if data.get("o") != ref.owner:
+                return {}
+            return {int(k): int(v) for k, v in data["l"].items() if int(v) > 0}
+        except (ValueError, TypeError, KeyError, AttributeError, orjson.JSONDecodeError):
+            return {}
+
+    def _write(self, ref: CartRef, lines: CartLines) -> CartLines:
+        payload = orjson.dumps({"o": ref.owner, "l": {str(k): v for k, v in lines.items()}})
+        value = f"{_b64(payload)}.{self._sign(payload)}"
+        if len(value) > self._max_bytes:
+            raise LimitExceeded(f"the cart cookie would exceed {self._max_bytes} bytes")
+        ref.carried, ref.changed = value, True
+        return dict(lines)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

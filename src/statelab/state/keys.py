@@ -1,0 +1,53 @@
+"""Every Redis key statelab writes, with its lifetime and why.
+
+Key names are part of the data format: the ``v1`` segment changes when a value's
+shape does, so a rolling deploy never reads a value written in another shape.
+"""
+
+from __future__ import annotations
+
+PREFIX = "statelab:v1:"
+
+
+def session(sid: str) -> str:
+    """HASH of one server-side session. TTL: the idle timeout, renewed on use."""
+    return f"{PREFIX}session:{sid}"
+
+
+def user_sessions(user_id: int) -> str:
+    """ZSET sid -> absolute expiry of a user's sessions, for the devices list and
+    logout-all. TTL: the absolute session lifetime, renewed at each login."""
+    return f"{PREFIX}user-sessions:{user_id}"
+
+
+def token(jti: str) -> str:
+    """HASH describing one issued JWT (device, issue time) for the devices list.
+    TTL: the token's own expiry; the token itself is never stored."""
+    return f"{PREFIX}token:{jti}"
+
+
+def user_tokens(user_id: int) -> str:
+    """ZSET jti -> expiry of a user's issued JWTs. TTL: the token lifetime."""
+    return f"{PREFIX}user-tokens:{user_id}"
+
+
+def denied_token(jti: str) -> str:
+    """A revoked JWT id (logout). TTL: until the token would expire anyway."""
+    return f"{PREFIX}deny:jti:{jti}"
+
+
+def denied_before(user_id: int) -> str:
+    """Time (float seconds) before which every JWT of the user is revoked
+    (logout-all). TTL: the token lifetime, after which no older token is valid."""
+    return f"{PREFIX}deny:user:{user_id}"
+
+
+def cart(owner: str) -> str:
+    """HASH menu item id -> quantity. TTL: the session's absolute lifetime, renewed
+    on every write, so abandoned anonymous carts go away by themselves."""
+    return f"{PREFIX}cart:{owner}"
+
+
+def rate(scope: str, subject: str) -> str:
+    """Counter of attempts in the current fixed window. TTL: the window."""
+    return f"{PREFIX}rate:{scope}:{subject}"

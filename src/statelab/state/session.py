@@ -1,0 +1,369 @@
+"""Who is logged in: the session placements.
+
+- ``memory``: a dict in this replica. Another replica does not know the session;
+  a restart forgets it. That is the point of the stateful placement.
+- ``redis``: an opaque 128-bit id in a cookie, the session in a Redis hash.
+- ``jwt``: a signed token the client carries. Nothing is looked up to trust it,
+  but logout and logout-all need a shared deny-list, which lives in Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import jwt
+from redis.asyncio import Redis
+
+from statelab.state import keys
+from statelab.state.errors import store_guard
+
+CredentialKind = Literal["cookie", "bearer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An authenticated device of a user."""
+
+    sid: str
+    user_id: int
+    username: str
+    csrf_token: str
+    created_at: float
+    expires_at: float
+    user_agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A fresh session and the credential that proves it (cookie value or JWT)."""
+
+    session: Session
+    credential: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    idle: int
+    absolute: int
+
+
+class SessionStore(Protocol):
+    """Where sessions live. Every placement answers the same questions."""
+
+    name: str
+    credential: CredentialKind
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued: ...
+
+    async def resolve(self, credential: str) -> Session | None:
+        """The live session behind a credential, or None; renews the idle timeout."""
+        ...
+
+    async def revoke(self, session: Session) -> None: ...
+
+    async def revoke_all(self, user_id: int) -> int:
+        """End every session of the user everywhere; returns how many there were."""
+        ...
+
+    async def list_for_user(self, user_id: int) -> list[Session]: ...
+
+
+def new_session_id() -> str:
+    """128 bits from the OS CSPRNG, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def _new_session(user_id: int, username: str, user_agent: str, life: Lifetimes) -> Session:
+    now = time.time()
+    return Session(
+        sid=new_session_id(),
+        user_id=user_id,
+        username=username,
+        csrf_token=secrets.token_urlsafe(24),
+        created_at=now,
+        expires_at=now + life.absolute,
+        user_agent=user_agent[:200],
+    )
+
+
+class MemorySessions:
+    """Sessions in a dict of this process: fast, and gone with the replica."""
+
+    name = "memory"
+    credential: CredentialKind = "cookie"
+
+    def __init__(self, life: Lifetimes) -> None:
+        self._life = life
+        self._sessions: dict[str, tuple[Session, float]] = {}  # sid -> (session, idle deadline)
+        self._by_user: dict[int, set[str]] = {}
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        session = _new_session(user_id, username, user_agent, self._life)
+        self._sessions[session.sid] = (session, time.time() + self._life.idle)
+        self._by_user.setdefault(user_id, set()).add(session.sid)
+        return Issued(session, session.sid)
+
+    async def resolve(self, credential: str) -> Session | None:
+        entry = self._sessions.get(credential)
+        if entry is None:
+            return None
+        session, idle_deadline = entry
+        now = time.time()
+        if now >= idle_deadline or now >= session.expires_at:
+            self._forget(session)
+            return None
+        self._sessions[credential] = (session, now + self._life.idle)
+        return session
+
+    async def revoke(self, session: Session) -> None:
+        self._forget(session)
+
+    async def revoke_all(self, user_id: int) -> int:
+        sids = self._by_user.pop(user_id, set())
+        for sid in sids:
+            self._sessions.pop(sid, None)
+        return len(sids)
+
+    async def list_for_user(self, user_id: int) -> list[Session]:
+        live = [await self.resolve(sid) for sid in list(self._by_user.get(user_id, ()))]
+        return sorted((s for s in live if s is not None), key=lambda s: s.created_at)
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.sid, None)
+        self._by_user.get(session.user_id, set()).discard(session.sid)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def _to_hash(session: Session) -> dict[Any, Any]:
+    return {
+        "uid": str(session.user_id),
+        "user": session.username,
+        "csrf": session.csrf_token,
+        "created": repr(session.created_at),
+        "expires": repr(session.expires_at),
+        "ua": session.user_agent,
+    }
+
+
+def _from_hash(sid: str, raw: dict[str, str]) -> Session | None:
+    try:
+        return Session(
+            sid=sid,
+            user_id=int(raw["uid"]),
+            username=raw["user"],
+            csrf_token=raw["csrf"],
+            created_at=float(raw["created"]),
+            expires_at=float(raw["expires"]),
+            user_agent=raw.get("ua", ""),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+class RedisSessions:
+    """Sessions in Redis hashes: any replica resolves any session in one round trip."""
+
+    name = "redis"
+    credential: CredentialKind = "cookie"
+
+    def __init__(self, redis: Redis, life: Lifetimes) -> None:
+        self._redis = redis
+        self._life = life
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        session = _new_session(user_id, username, user_agent, self._life)
+        index = keys.user_sessions(user_id)
+        with store_guard("redis"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.session(session.sid), mapping=_to_hash(session))
+                pipe.expire(keys.session(session.sid), self._life.idle)
+                pipe.zadd(index, {session.sid: session.expires_at})
+                pipe.zremrangebyscore(index, "-inf", time.time())
+                pipe.expire(index, self._life.absolute)
+                await pipe.execute()
+        return Issued(session, session.sid)
+
+    async def resolve(self, credential: str) -> Session | None:
+        key = keys.session(credential)
+        with store_guard("redis"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(key)
+                pipe.expire(key, self._life.idle, xx=True)
+                raw, _ = await pipe.execute()
+        session = _from_hash(credential, raw) if raw else None
+        if session is not None and time.time() >= session.expires_at:
+            await self.revoke(session)
+            return None
+        return session
+
+    async def revoke(self, session: Session) -> None:
+        with store_guard("redis"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(keys.session(session.sid))
+                pipe.zrem(keys.user_sessions(session.user_id), session.sid)
+                await pipe.execute()
+
+    async def revoke_all(self, user_id: int) -> int:
+        index = keys.user_sessions(user_id)
+        with store_guard("redis"):
+            sids = [str(x) for x in await self._redis.zrange(index, 0, -1)]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for sid in sids:
+                    pipe.delete(keys.session(sid))
+                pipe.delete(index)
+                results = await pipe.execute()
+        return sum(int(r) for r in results[:-1])
+
+    async def list_for_user(self, user_id: int) -> list[Session]:
+        with store_guard("redis"):
+            sids = [str(x) for x in await self._redis.zrange(keys.user_sessions(user_id), 0, -1)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.hgetall(keys.session(sid))
+                raws: list[dict[str, str]] = await pipe.execute()
+        found = [_from_hash(sid, raw) for sid, raw in zip(sids, raws, strict=True) if raw]
+        return sorted((s for s in found if s is not None), key=lambda s: s.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    keys: dict[str, str]  # kid -> HMAC secret; more than one during a key rotation
+    active_kid: str
+    issuer: str
+    audience: str
+    ttl: int
+
+
+#: The only algorithm accepted. Never read the algorithm from the token itself.
+JWT_ALGORITHMS = ["HS256"]
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+
+
+class JwtSessions:
+    """Identity in a signed token. Revocation needs Redis again: a deny-list."""
+
+    name = "jwt"
+    credential: CredentialKind = "bearer"
+
+    def __init__(self, redis: Redis, config: JwtConfig) -> None:
+        if config.active_kid not in config.keys:
+            raise ValueError(f"jwt active kid {config.active_kid!r} has no key")
+        self._redis = redis
+        self._config = config
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        life = Lifetimes(idle=self._config.ttl, absolute=self._config.ttl)
+        session = _new_session(user_id, username, user_agent, life)
+        cfg = self._config
+        claims = {
+            "sub": str(user_id),
+            "name": username,
+            "jti": session.sid,
+            "csrf": session.csrf_token,
+            "iat": int(session.created_at),
+            "auth_time": session.created_at,
+            "exp": int(session.expires_at),
+            "iss": cfg.issuer,
+            "aud": cfg.audience,
+        }
+        token = jwt.encode(
+            claims, cfg.keys[cfg.active_kid], algorithm="HS256", headers={"kid": cfg.active_kid}
+        )
+        await self._record(session)
+        return Issued(session, token)
+
+    async def _record(self, session: Session) -> None:
+        ttl = self._config.ttl
+        index = keys.user_tokens(session.user_id)
+        with store_guard("redis"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.token(session.sid), mapping=_to_hash(session))
+                pipe.expire(keys.token(session.sid), ttl)
+                pipe.zadd(index, {session.sid: session.expires_at})
+                pipe.zremrangebyscore(index, "-inf", time.time())
+                pipe.expire(index, ttl)
+                await pipe.execute()
+
+    def decode(self, token: str) -> dict[str, Any] | None:
+        """Verify signature, algorithm, issuer, audience and expiry; None if any fails."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._config.keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                return None
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=JWT_ALGORITHMS,
+                audience=self._config.audience,
+                issuer=self._config.issuer,
+                options={"require": _REQUIRED_CLAIMS},
+                leeway=5,
+            )
+        except jwt.PyJWTError:
+            return None
+        return claims
+
+    async def resolve(self, credential: str) -> Session | None:
+        claims = self.decode(credential)
+        if claims is None:
+            return None
+        try:
+            session = Session(
+                sid=str(claims["jti"]),
+                user_id=int(claims["sub"]),
+                username=str(claims.get("name", "")),
+                csrf_token=str(claims.get("csrf", "")),
+                created_at=float(claims.get("auth_time", claims["iat"])),
+                expires_at=float(claims["exp"]),
+            )
+        except (TypeError, ValueError):
+            return None
+        with store_guard("redis"):
+            denied, cutoff = await self._redis.mget(
+                keys.denied_token(session.sid), keys.denied_before(session.user_id)
+            )
+        if denied is not None or (cutoff is not None and session.created_at <= float(cutoff)):
+            return None
+        return session
+
+    async def revoke(self, session: Session) -> None:
+        ttl = max(1, int(session.expires_at - time.time()) + 5)
+        with store_guard("redis"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(keys.denied_token(session.sid), "1", ex=ttl)
+                pipe.zrem(keys.user_tokens(session.user_id), session.sid)
+                pipe.delete(keys.token(session.sid))
+                await pipe.execute()
+
+    async def revoke_all(self, user_id: int) -> int:
+        index = keys.user_tokens(user_id)
+        with store_guard("redis"):
+            jtis = [str(x) for x in await self._redis.zrangebyscore(index, time.time(), "+inf")]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(keys.denied_before(user_id), repr(time.time()), ex=self._config.ttl + 5)
+                for jti in jtis:
+                    pipe.delete(keys.token(jti))
+                pipe.delete(index)
+                await pipe.execute()
+        return len(jtis)
+
+    async def list_for_user(self, user_id: int) -> list[Session]:
+        with store_guard("redis"):
+            jtis = [
+                str(x)
+                for x in await self._redis.zrangebyscore(
+                    keys.user_tokens(user_id), time.time(), "+inf"
+                )
+            ]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for jti in jtis:
+                    pipe.hgetall(keys.token(jti))
+                raws: list[dict[str, str]] = await pipe.execute()
+        found = [_from_hash(jti, raw) for jti, raw in zip(jtis, raws, strict=True) if raw]
+        return sorted((s for s in found if s is not None), key=lambda s: s.created_at)

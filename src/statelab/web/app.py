@@ -1,0 +1,57 @@
+"""The app factory: one FastAPI app per replica, built from its settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from statelab.config import Settings
+from statelab.state import open_stores
+from statelab.web import auth, ops, problems, shop
+from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
+
+Hook = Callable[[Any], Awaitable[None]]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A replica's app. Stores are opened by the lifespan, closed after it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_stores(settings) as stores:
+            app.state.stores = stores
+            app.state.draining = False
+            yield
+
+    app = FastAPI(
+        title="statelab shop",
+        version="1",
+        summary="A pizza shop whose state can live in the replica, a shared store or the client.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.draining = False
+    app.state.on_order = []  # async hooks run after a paid order (receipt jobs)
+    app.state.on_logout_all = []  # async hooks run after logout-all (closing sockets)
+    metrics = Metrics(settings.replica_id)
+    app.state.metrics = metrics
+    problems.install(app)
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    for router in (auth.router, shop.router, ops.router):
+        app.include_router(router)
+    app.add_middleware(
+        ReplicaMiddleware,
+        replica_id=settings.replica_id,
+        metrics=metrics,
+        max_body=settings.max_body_bytes,
+        raw_prefixes=(("/api/files", settings.max_upload_bytes),),
+    )
+    return app
+
+
+async def _too_large(_: Request, exc: Exception) -> Response:
+    return problems.problem(413, "Payload too large", str(exc))

@@ -1,0 +1,183 @@
+"""Request dependencies: the stores, who is calling, CSRF, carts, idempotency keys.
+
+Routes take these through ``Annotated`` aliases (``StoresDep``, ``CallerDep``,
+``UserDep``, ``IdemDep``) so each route reads as what it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import Depends, Request, Response
+
+from statelab.domain.errors import Forbidden, MalformedRequest, NotAuthenticated
+from statelab.state import Stores
+from statelab.state.cart import CartRef
+from statelab.state.ledger import Idempotency
+from statelab.state.session import Session
+
+SESSION_COOKIE = "statelab_session"
+TOKEN_COOKIE = "statelab_token"
+ANON_COOKIE = "statelab_anon"
+CART_COOKIE = "statelab_cart"
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def get_stores(request: Request) -> Stores:
+    stores: Stores = request.app.state.stores
+    return stores
+
+
+StoresDep = Annotated[Stores, Depends(get_stores)]
+
+
+@dataclass
+class Caller:
+    """Who sent the request, and through which credential."""
+
+    session: Session | None
+    via: Literal["cookie", "bearer", "none"]
+    anon_id: str | None
+    new_anon: bool = False
+    cookies_out: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def cart_owner(self) -> str:
+        if self.session is not None:
+            return f"u:{self.session.user_id}"
+        if self.anon_id is None:  # first anonymous write: a new visitor
+            self.anon_id, self.new_anon = secrets.token_urlsafe(16), True
+        return f"a:{self.anon_id}"
+
+
+def anon_csrf_token(secret: str, anon_id: str) -> str:
+    """CSRF token of an anonymous visitor, derived so no server has to keep it."""
+    mac = hmac.new(secret.encode(), f"csrf:{anon_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _resolve(request: Request, stores: Stores) -> Caller:
+    anon = request.cookies.get(ANON_COOKIE) or None
+    if stores.sessions.credential == "bearer":
+        token = _bearer(request)
+        if token is not None:
+            return Caller(await stores.sessions.resolve(token), "bearer", anon)
+        cookie = request.cookies.get(TOKEN_COOKIE)
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = await stores.sessions.resolve(cookie)
+        if session is not None:
+            return Caller(session, "cookie", anon)
+    return Caller(None, "none", anon)
+
+
+def _check_csrf(request: Request, stores: Stores, caller: Caller) -> None:
+    """Cookie-authenticated writes must echo a token a cross-site page cannot read."""
+    if request.method not in UNSAFE or caller.via == "bearer":
+        return
+    if caller.session is not None:
+        expected = caller.session.csrf_token
+    elif caller.anon_id is not None:
+        expected = anon_csrf_token(stores.settings.secret_key, caller.anon_id)
+    else:
+        return  # no cookie identifies the caller: nothing a forged request could use
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Forbidden(f"missing or wrong {CSRF_HEADER} header for a cookie-authenticated write")
+
+
+async def get_caller(request: Request, stores: StoresDep) -> Caller:
+    caller = await _resolve(request, stores)
+    _check_csrf(request, stores, caller)
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_caller_unchecked(request: Request, stores: StoresDep) -> Caller:
+    """The caller without the CSRF check: only for login, which uses no cookie's
+    authority (JSON-only bodies already keep cross-site forms out)."""
+    return await _resolve(request, stores)
+
+
+UncheckedCallerDep = Annotated[Caller, Depends(get_caller_unchecked)]
+
+
+async def get_user(caller: CallerDep) -> Session:
+    if caller.session is None:
+        raise NotAuthenticated("log in first: no valid session or token was sent")
+    return caller.session
+
+
+UserDep = Annotated[Session, Depends(get_user)]
+
+
+def cart_ref(request: Request, caller: Caller) -> CartRef:
+    return CartRef(owner=caller.cart_owner, carried=request.cookies.get(CART_COOKIE))
+
+
+def cookie_secure(request: Request, stores: Stores) -> bool:
+    mode = stores.settings.cookie_secure
+    return mode == "always" or (mode == "auto" and request.url.scheme == "https")
+
+
+def set_cookie(
+    request: Request, response: Response, stores: Stores, name: str, value: str | None, max_age: int
+) -> None:
+    """Every cookie we set: HttpOnly, SameSite=Lax, Secure when served over TLS."""
+    secure = cookie_secure(request, stores)
+    if value is None:
+        response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
+        return
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax"
+    )
+
+
+def finish_cart(
+    request: Request, response: Response, stores: Stores, caller: Caller, ref: CartRef
+) -> None:
+    """Write back what the client carries: its anonymous id and a client-side cart."""
+    life = stores.settings.session_absolute_seconds
+    if caller.new_anon and caller.anon_id is not None:
+        set_cookie(request, response, stores, ANON_COOKIE, caller.anon_id, life)
+    if ref.changed:
+        set_cookie(request, response, stores, CART_COOKIE, ref.carried, life)
+
+
+async def get_idempotency(request: Request) -> Idempotency:
+    """The Idempotency-Key header and a fingerprint of the request it came with."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        raise MalformedRequest("this request moves money: send an Idempotency-Key header")
+    if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
+        raise MalformedRequest("Idempotency-Key must be 1-200 printable ASCII characters")
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
+    digest.update(_canonical(await request.body()))
+    return Idempotency(key, digest.hexdigest())
+
+
+def _canonical(body: bytes) -> bytes:
+    """The body with key order and whitespace normalised, so equal JSON matches."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        return body
+
+
+IdemDep = Annotated[Idempotency, Depends(get_idempotency)]

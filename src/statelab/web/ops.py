@@ -1,0 +1,160 @@
+"""Operations endpoints and the replica middleware (X-Served-By, metrics, limits)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from statelab.web.deps import StoresDep
+from statelab.web.problems import problem
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, str]:
+    """The process is alive (says nothing about its stores)."""
+    return {"status": "ok", "replica": request.app.state.settings.replica_id}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, stores: StoresDep) -> JSONResponse:
+    """Ready to serve: every store answers and the replica is not shutting down."""
+    checks: dict[str, Any] = await stores.check_ready()
+    draining = bool(request.app.state.draining)
+    ready = all(checks.values()) and not draining
+    body = {"ready": ready, "draining": draining, "stores": checks}
+    return JSONResponse(body, 200 if ready else 503, {"Retry-After": "1"} if not ready else None)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class Metrics:
+    """Per-app Prometheus collectors, labelled with the replica id."""
+
+    def __init__(self, replica_id: str) -> None:
+        self.registry = CollectorRegistry()
+        self.replica = replica_id
+        self.requests = Counter(
+            "statelab_requests",
+            "HTTP requests served",
+            ["replica", "method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "statelab_request_seconds",
+            "Time to answer, by endpoint",
+            ["replica", "endpoint"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+
+JSON_ONLY_PREFIX = "/api/"
+
+
+class ReplicaMiddleware:
+    """One pure-ASGI layer (cheaper than several): stamps ``X-Served-By``, counts
+    requests, refuses oversized bodies (413) and non-JSON API bodies (415).
+
+    ``raw_prefixes`` are API paths that take other bodies with their own limit
+    (uploads)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        replica_id: str,
+        metrics: Metrics,
+        max_body: int,
+        raw_prefixes: tuple[tuple[str, int], ...] = (),
+    ) -> None:
+        self.app = app
+        self.served_by = (b"x-served-by", replica_id.encode())
+        self.metrics = metrics
+        self.max_body = max_body
+        self.raw_prefixes = raw_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), self.served_by]
+            await send(message)
+
+        refusal = self._refuse(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send_stamped)
+        else:
+            limit = self._limit(scope["path"])
+            await self.app(scope, _limited(receive, limit), send_stamped)
+        self._observe(scope, status, time.perf_counter() - started)
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.raw_prefixes:
+            if path.startswith(prefix):
+                return limit
+        return self.max_body
+
+    def _refuse(self, scope: Scope) -> Response | None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        limit = self._limit(scope["path"])
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return problem(413, "Payload too large", f"the body limit here is {limit} bytes")
+        has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
+        raw = any(scope["path"].startswith(p) for p, _ in self.raw_prefixes)
+        if has_body and scope["path"].startswith(JSON_ONLY_PREFIX) and not raw:
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                return problem(415, "Unsupported media type", "send the body as application/json")
+        return None
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        endpoint = scope.get("endpoint")
+        name = getattr(endpoint, "__name__", "unmatched")
+        m = self.metrics
+        m.requests.labels(m.replica, scope["method"], name, str(status)).inc()
+        m.latency.labels(m.replica, name).observe(seconds)
+
+
+class BodyTooLarge(Exception):
+    """A chunked body grew past the limit while it was being read."""
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Count body bytes as they arrive, for bodies without a Content-Length."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"the body limit here is {limit} bytes")
+        return message
+
+    return counted

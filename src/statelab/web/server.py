@@ -1,0 +1,72 @@
+"""Running one replica: uvicorn with a drain period on SIGTERM.
+
+On SIGTERM the replica first turns ``/readyz`` to 503 so the load balancer stops
+sending it new requests, waits ``drain_seconds`` for that to be noticed, then lets
+uvicorn stop: it closes the listener, finishes in-flight requests (bounded by
+``graceful_timeout_seconds``) and closes WebSockets with 1012 (service restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from statelab.config import Settings
+from statelab.db.migrate import NotMigrated, check_migrated_sync
+from statelab.web.app import create_app
+
+__all__ = ["NotMigrated", "run_replica"]
+
+log = logging.getLogger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.loaded_app
+        if sig != signal.SIGTERM or self._draining or self.drain_seconds <= 0:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        _mark_draining(app)
+        log.info("SIGTERM: draining for %.1f s before shutdown", self.drain_seconds)
+        loop = asyncio.get_event_loop()
+        loop.call_later(self.drain_seconds, super().handle_exit, sig, frame)
+
+
+def _mark_draining(app: object) -> None:
+    # The loaded app is wrapped in uvicorn's middlewares; find the FastAPI state.
+    while app is not None:
+        state = getattr(app, "state", None)
+        if state is not None and hasattr(state, "draining"):
+            state.draining = True
+            return
+        app = getattr(app, "app", None)
+
+
+def run_replica(settings: Settings) -> None:
+    """Serve the shop on ``settings.host:settings.port`` until told to stop."""
+    check_migrated_sync(settings.database_url)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets",
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
+        access_log=False,
+        server_header=False,
+        log_level="info",
+    )
+    _DrainingServer(config, settings.drain_seconds).run()

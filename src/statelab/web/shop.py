@@ -1,0 +1,226 @@
+"""The shop: menu, cart, account balance (the ATM), checkout and orders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from statelab.domain.errors import EmptyCart, InvalidInput, NotFound
+from statelab.domain.shop import CartLines, load_menu, positive_amount, price
+from statelab.state.cart import CartRef
+from statelab.state.ledger import Outcome
+from statelab.web.deps import (
+    CSRF_HEADER,
+    CallerDep,
+    IdemDep,
+    StoresDep,
+    UserDep,
+    anon_csrf_token,
+    cart_ref,
+    finish_cart,
+)
+
+router = APIRouter(prefix="/api", tags=["shop"])
+
+
+class MenuItemOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    price_cents: int
+
+
+class MenuOut(BaseModel):
+    items: list[MenuItemOut]
+
+
+class CartLineOut(BaseModel):
+    item_id: int
+    name: str
+    quantity: int
+    price_cents: int
+
+
+class CartOut(BaseModel):
+    items: list[CartLineOut]
+    total_cents: int
+
+
+class AddItem(BaseModel):
+    item_id: int
+    quantity: int = Field(default=1)
+
+
+class SetQuantity(BaseModel):
+    quantity: int
+
+
+class Amount(BaseModel):
+    amount_cents: int
+
+
+class Balance(BaseModel):
+    balance_cents: int
+
+
+class OrderLine(BaseModel):
+    item_id: int
+    name: str
+    quantity: int
+    price_cents: int
+
+
+class OrderOut(BaseModel):
+    id: int
+    status: str
+    total_cents: int
+    items: list[OrderLine]
+    created_at: str
+    receipt: str | None
+
+
+class CheckoutOut(OrderOut):
+    balance_cents: int
+
+
+class OrdersOut(BaseModel):
+    orders: list[OrderOut]
+
+
+@router.get("/menu")
+async def menu() -> MenuOut:
+    return MenuOut(items=[MenuItemOut(**asdict(item)) for item in load_menu().items])
+
+
+def _cart_out(lines: CartLines) -> CartOut:
+    priced = price(lines, load_menu())
+    return CartOut(
+        items=[CartLineOut(**asdict(line)) for line in priced.lines], total_cents=priced.total_cents
+    )
+
+
+def _cart_response(
+    request: Request, stores: StoresDep, caller: CallerDep, lines: CartLines, ref: CartRef | None
+) -> JSONResponse:
+    response = JSONResponse(_cart_out(lines).model_dump())
+    if ref is not None:
+        finish_cart(request, response, stores, caller, ref)
+    if caller.session is None and caller.anon_id is not None:
+        token = anon_csrf_token(stores.settings.secret_key, caller.anon_id)
+        response.headers[CSRF_HEADER] = token
+    return response
+
+
+def _known_item(item_id: int, *, in_path: bool) -> int:
+    try:
+        load_menu().get(item_id)
+    except NotFound:
+        if in_path:
+            raise
+        raise InvalidInput(f"menu item {item_id} does not exist") from None
+    return item_id
+
+
+@router.get("/cart", response_model=CartOut)
+async def get_cart(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
+    if caller.session is None and caller.anon_id is None:
+        return _cart_response(request, stores, caller, {}, None)
+    ref = cart_ref(request, caller)
+    return _cart_response(request, stores, caller, await stores.carts.get(ref), ref)
+
+
+@router.post("/cart/items", response_model=CartOut)
+async def add_item(
+    body: AddItem, request: Request, stores: StoresDep, caller: CallerDep
+) -> Response:
+    """Add ``quantity`` to a line, creating it. Answers with the whole cart."""
+    ref = cart_ref(request, caller)
+    lines = await stores.carts.add(ref, {_known_item(body.item_id, in_path=False): body.quantity})
+    return _cart_response(request, stores, caller, lines, ref)
+
+
+@router.patch("/cart/items/{item_id}", response_model=CartOut)
+async def set_item(
+    item_id: int, body: SetQuantity, request: Request, stores: StoresDep, caller: CallerDep
+) -> Response:
+    """Set a line's quantity (0 removes it)."""
+    ref = cart_ref(request, caller)
+    lines = await stores.carts.set(ref, _known_item(item_id, in_path=True), body.quantity)
+    return _cart_response(request, stores, caller, lines, ref)
+
+
+@router.delete("/cart/items/{item_id}", response_model=CartOut)
+async def delete_item(
+    item_id: int, request: Request, stores: StoresDep, caller: CallerDep
+) -> Response:
+    ref = cart_ref(request, caller)
+    lines = await stores.carts.set(ref, _known_item(item_id, in_path=True), 0)
+    return _cart_response(request, stores, caller, lines, ref)
+
+
+@router.get("/account")
+async def account(stores: StoresDep, user: UserDep) -> Balance:
+    return Balance(balance_cents=await stores.ledger.balance(user.user_id))
+
+
+def _answer(outcome: Outcome) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    if outcome.status >= 400:
+        body = {
+            "type": "about:blank",
+            "title": outcome.body.get("title", "Error"),
+            "status": outcome.status,
+            "detail": outcome.body.get("detail", ""),
+        }
+        return JSONResponse(body, outcome.status, headers, media_type="application/problem+json")
+    return JSONResponse(outcome.body, outcome.status, headers)
+
+
+@router.post("/account/top-up", response_model=Balance)
+async def top_up(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) -> Response:
+    amount = positive_amount(body.amount_cents)
+    return _answer(await stores.ledger.top_up(user.user_id, amount, idem))
+
+
+@router.post("/account/withdraw", response_model=Balance)
+async def withdraw(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) -> Response:
+    """The ATM: 409 and no change when the balance is too low."""
+    amount = positive_amount(body.amount_cents)
+    return _answer(await stores.ledger.withdraw(user.user_id, amount, idem))
+
+
+@router.post("/checkout", status_code=201, response_model=CheckoutOut)
+async def checkout(
+    request: Request, stores: StoresDep, caller: CallerDep, user: UserDep, idem: IdemDep
+) -> Response:
+    """Pay the cart from the balance and create an order; the cart is emptied."""
+    ref = cart_ref(request, caller)
+    priced = price(await stores.carts.get(ref), load_menu())
+    if not priced.lines:
+        # A retry of a checkout that succeeded finds the cart empty: replay it.
+        replay = await stores.ledger.replay(user.user_id, idem)
+        if replay is None:
+            raise EmptyCart("the cart is empty")
+        return _answer(replay)
+    outcome = await stores.ledger.checkout(user.user_id, priced, idem)
+    response = _answer(outcome)
+    if outcome.status == 201 and not outcome.replayed:
+        await stores.carts.clear(ref)
+        finish_cart(request, response, stores, caller, ref)
+        for hook in getattr(request.app.state, "on_order", []):
+            await hook(outcome.body)
+    return response
+
+
+@router.get("/orders")
+async def orders(stores: StoresDep, user: UserDep) -> OrdersOut:
+    found = await stores.ledger.orders(user.user_id)
+    return OrdersOut(orders=[OrderOut(**o) for o in found])
+
+
+@router.get("/orders/{order_id}")
+async def order(order_id: int, stores: StoresDep, user: UserDep) -> OrderOut:
+    return OrderOut(**await stores.ledger.order(user.user_id, order_id))
