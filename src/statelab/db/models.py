@@ -15,6 +15,8 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -91,3 +93,58 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     started_at: Mapped[float] = mapped_column(BigInteger)  # unix ms, for stale takeover
+
+
+class ChatRoom(Base):
+    """A chat room of the ``redis`` chat placement; ``last_seq`` hands out the
+    per-room message sequence numbers (one atomic UPDATE ... RETURNING each)."""
+
+    __tablename__ = "chat_rooms"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChatMember(Base):
+    __tablename__ = "chat_members"
+    room_id: Mapped[str] = mapped_column(ForeignKey("chat_rooms.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    last_read_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChatMessage(Base):
+    """A message, stored before it is acknowledged. A resend of the same
+    ``client_msg_id`` by the same sender hits the unique constraint: stored once."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (
+        UniqueConstraint("room_id", "sender_id", "client_msg_id", name="uq_chat_messages_client"),
+    )
+    room_id: Mapped[str] = mapped_column(ForeignKey("chat_rooms.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    sender: Mapped[str] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(Text)
+    client_msg_id: Mapped[str] = mapped_column(String(64))
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StoredFile(Base):
+    """Metadata of an uploaded file of the ``objects`` placement. The bytes live in
+    the object store under ``object_key``, a random name never derived from input."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner", "owner_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    filename: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(50))
+    size: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(String(200), unique=True)
+    purpose: Mapped[str] = mapped_column(String(20))  # photo | thumbnail | receipt
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
+    thumbnail: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
