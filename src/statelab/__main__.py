@@ -1,0 +1,5 @@
+"""``python -m statelab`` runs the CLI."""
+
+from statelab.cli import main
+
+main()
