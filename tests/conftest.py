@@ -1,0 +1,49 @@
+"""Shared fixtures: one real Redis and one real PostgreSQL per test session.
+
+The servers are started from their binaries in a temporary folder and stopped by
+PID at the end of the session. Each test gets a flushed Redis (``redis_url``) or
+a database of its own (``postgres_url``). A server that cannot start fails the
+tests that need it, with the reason; it never skips them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from statelab.cluster.servers import PostgresServer, RedisServer
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` for the whole session (AOF on, loopback, free port)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster for the whole session (fsync off: tests only)."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), fsync=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session Redis, emptied for this test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    yield redis_server.url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for this test (plain ``postgresql://`` URL)."""
+    return postgres_server.create_database(f"test_{next(_databases)}")
