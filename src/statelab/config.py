@@ -161,6 +161,16 @@ class Settings(BaseSettings):
             raise ValueError("secret_key must be at least 16 characters and not a placeholder")
         return value
 
+    @field_validator("jwt_keys")
+    @classmethod
+    def _strong_jwt_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        short = [kid for kid, key in value.items() if len(key.encode()) < 32]
+        if short:
+            raise ValueError(
+                f"jwt key(s) {', '.join(short)} shorter than 32 bytes (HS256 needs 32)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_placements(self) -> Self:
         for kind, placement in self.place.items():

@@ -56,6 +56,7 @@ class CartStore(Protocol):
 def _check_add(current: CartLines, lines: CartLines, limits: CartLimits) -> CartLines:
     merged = dict(current)
     for item_id, qty in lines.items():
+        limits.check_quantity(qty)
         merged[item_id] = merged.get(item_id, 0) + qty
         limits.check_quantity(merged[item_id])
     limits.check_lines(merged)

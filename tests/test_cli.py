@@ -1,0 +1,100 @@
+"""The CLI, through Typer's runner and as real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from statelab.cli import app
+from statelab.cluster.servers import free_port
+
+runner = CliRunner()
+STATELAB = [sys.executable, "-m", "statelab"]
+
+
+def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    result = runner.invoke(app, ["migrate", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert "database at revision" in result.output
+    again = runner.invoke(app, ["migrate", "--database-url", url])
+    assert again.exit_code == 0
+
+
+def test_bad_options_fail_with_one_clear_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["serve", "--profile", "stateful", "--place", "cart=redis", "--port", "1"]
+    )
+    assert result.exit_code == 2
+    assert "--redis-url is required by cart=redis" in result.output
+    bad_url = runner.invoke(app, ["migrate", "--database-url", "mysql://x@y/z"])
+    assert bad_url.exit_code == 2
+    assert "only sqlite and postgresql" in bad_url.output
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    proc = subprocess.run(
+        [
+            *STATELAB,
+            "serve",
+            "--profile",
+            "stateful",
+            "--port",
+            str(free_port()),
+            "--database-url",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "run `statelab migrate --database-url" in proc.stderr
+
+
+def test_serve_runs_a_replica_from_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    assert runner.invoke(app, ["migrate", "--database-url", url]).exit_code == 0
+    port = free_port()
+    env = {
+        **os.environ,
+        "STATELAB_PROFILE": "stateful",
+        "STATELAB_PORT": str(port),
+        "STATELAB_REPLICA_ID": "r9",
+        "STATELAB_DATABASE_URL": url,
+        "STATELAB_SECRET_KEY": "s" * 32,
+        "STATELAB_DATA_DIR": str(tmp_path / "data"),
+    }
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([*STATELAB, "serve"], env=env, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "replica did not start in 30 s"
+                time.sleep(0.2)
+        assert r.status_code == 200
+        assert r.headers["X-Served-By"] == "r9"
+        proc.terminate()
+        draining = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        assert draining.status_code == 503, "SIGTERM turns /readyz to 503 at once"
+        assert draining.json()["draining"] is True
+        # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM.
+        assert proc.wait(timeout=20) in (0, -15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
