@@ -92,6 +92,16 @@ def serve(
 
 
 @app.command()
+def demo() -> None:
+    """Play Alice's journey across two replicas in the stateless and stateful profiles."""
+    from statelab.lab.journey import run
+    from statelab.lab.report import print_journey
+
+    _logging("WARNING")
+    print_journey(run())
+
+
+@app.command()
 def migrate(database_url: DatabaseOpt = None) -> None:
     """Create or upgrade the database schema to the newest revision."""
     from statelab.db.migrate import upgrade

@@ -1,0 +1,1 @@
+"""The lab: plays journeys against the shop as a client would, and reports."""
