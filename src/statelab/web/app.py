@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from statelab.config import Settings
 from statelab.state import open_stores
-from statelab.web import auth, ops, problems, shop
+from statelab.web import auth, chat, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 
 Hook = Callable[[Any], Awaitable[None]]
@@ -25,7 +25,8 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_stores(settings) as stores:
             app.state.stores = stores
             app.state.draining = False
-            yield
+            async with chat.running(app, stores):  # sockets' hub, subscriber, heartbeat
+                yield
 
     app = FastAPI(
         title="statelab shop",
@@ -41,8 +42,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     problems.install(app)
     app.add_exception_handler(BodyTooLarge, _too_large)
-    for router in (auth.router, shop.router, ops.router):
+    for router in (auth.router, shop.router, ops.router, chat.router):
         app.include_router(router)
+    pages.install(app)  # the browser pages and /static
     app.add_middleware(
         ReplicaMiddleware,
         replica_id=settings.replica_id,
