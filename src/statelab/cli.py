@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -102,6 +104,25 @@ def demo() -> None:
 
 
 @app.command()
+def bench(
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
+    seconds: Annotated[int, typer.Option(help="Measured seconds per profile.")] = 10,
+    connections: Annotated[int, typer.Option(help="Concurrent connections (users).")] = 32,
+) -> None:
+    """Throughput and latency of the cart workload for every profile, as ratios."""
+    from statelab.lab.bench import run
+    from statelab.lab.report import print_bench
+
+    _logging("WARNING")
+    result = run(seconds=seconds, connections=connections, users=connections)
+    print_bench(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@app.command()
 def migrate(database_url: DatabaseOpt = None) -> None:
     """Create or upgrade the database schema to the newest revision."""
     from statelab.db.migrate import upgrade
@@ -114,6 +135,138 @@ def migrate(database_url: DatabaseOpt = None) -> None:
         raise fail(str(exc)) from exc
     revision = upgrade(url)
     typer.echo(f"database at revision {revision}")
+
+
+# -- the cluster: `statelab up` and `statelab cluster ...` ------------------------------
+
+RunDirOpt = Annotated[
+    Path,
+    typer.Option(help="The cluster's run folder (state, logs, data).", envvar="STATELAB_RUN_DIR"),
+]
+
+
+@app.command()
+def up(
+    profile: ProfileOpt = None,
+    replicas: Annotated[int, typer.Option(min=1, help="How many replicas (r1..rN).")] = 3,
+    port: Annotated[int, typer.Option(help="Port of the shop (HAProxy) on 127.0.0.1.")] = 8000,
+    control_port: Annotated[
+        int | None, typer.Option(help="Port of the control API [default: --port + 1].")
+    ] = None,
+    database: Annotated[
+        str, typer.Option(help="sqlite, postgres (a throwaway server) or a database URL.")
+    ] = "sqlite",
+    place: PlaceOpt = None,
+    run_dir: RunDirOpt = Path("run"),
+    self_heal: Annotated[bool, typer.Option(help="Restart replicas that die.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Wipe data left by a previous run.")] = False,
+) -> None:
+    """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C."""
+    from statelab.cluster.servers import ServerError
+    from statelab.cluster.supervisor import ClusterError, ClusterOptions, run_cluster
+
+    _logging("WARNING")
+    try:
+        options = ClusterOptions(
+            profile=profile or Profile.stateless,
+            replicas=replicas,
+            port=port,
+            control_port=control_port,
+            database=database,
+            place=parse_place(place),
+            run_dir=run_dir,
+            self_heal=self_heal,
+            fresh=fresh,
+        )
+        if database not in ("sqlite", "postgres", "postgresql"):
+            database_url_async(database)
+        run_cluster(options, say=typer.echo)
+    except (ConfigError, ClusterError, ServerError) as exc:
+        raise fail(str(exc)) from exc
+
+
+cluster_app = typer.Typer(
+    no_args_is_help=True, help="Drive a running cluster (started by `statelab up`)."
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _control(run_dir: Path, call: str, *args: str) -> Any:
+    from statelab.cluster.control import ControlClient
+    from statelab.cluster.supervisor import ClusterError
+
+    try:
+        return getattr(ControlClient(run_dir), call)(*args)
+    except ClusterError as exc:
+        raise fail(str(exc)) from exc
+
+
+def _show(result: object) -> None:
+    typer.echo(json.dumps(result, indent=2))
+
+
+@cluster_app.command("status")
+def cluster_status(
+    run_dir: RunDirOpt = Path("run"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every process, its pid and state as HAProxy sees it, requests and sessions."""
+    from statelab.cluster.control import format_status
+
+    status = _control(run_dir, "status")
+    typer.echo(json.dumps(status, indent=2) if as_json else format_status(status))
+
+
+@cluster_app.command("kill")
+def cluster_kill(
+    replica: str,
+    run_dir: RunDirOpt = Path("run"),
+    signal: Annotated[str, typer.Option(help="KILL (a crash) or TERM (graceful).")] = "KILL",
+) -> None:
+    """Kill a replica: SIGKILL unless --signal TERM."""
+    name = signal.upper().removeprefix("SIG")
+    if name not in ("KILL", "TERM"):
+        raise fail("--signal must be KILL or TERM")
+    _show(_control(run_dir, "kill", replica, name))
+
+
+@cluster_app.command("start")
+def cluster_start(replica: str, run_dir: RunDirOpt = Path("run")) -> None:
+    """Start a replica again (same port) and put it back in rotation."""
+    _show(_control(run_dir, "start", replica))
+
+
+@cluster_app.command("add")
+def cluster_add(run_dir: RunDirOpt = Path("run")) -> None:
+    """Add one replica; HAProxy starts sending it requests without a reload."""
+    _show(_control(run_dir, "add"))
+
+
+@cluster_app.command("remove")
+def cluster_remove(replica: str, run_dir: RunDirOpt = Path("run")) -> None:
+    """Drain a replica, stop it gracefully and take it out of the load balancer."""
+    _show(_control(run_dir, "remove", replica))
+
+
+@cluster_app.command("drain")
+def cluster_drain(replica: str, run_dir: RunDirOpt = Path("run")) -> None:
+    """No new requests for a replica; in-flight ones finish (`start` undoes it)."""
+    _show(_control(run_dir, "drain", replica))
+
+
+@cluster_app.command("rolling-restart")
+def cluster_rolling_restart(run_dir: RunDirOpt = Path("run")) -> None:
+    """Restart every replica, one at a time, each drained first."""
+    _show(_control(run_dir, "rolling_restart"))
+
+
+@cluster_app.command("restart-redis")
+def cluster_restart_redis(
+    run_dir: RunDirOpt = Path("run"),
+    clean: Annotated[bool, typer.Option(help="SIGTERM (AOF flushed) instead of kill -9.")] = False,
+) -> None:
+    """Restart Redis on the same port and data: kill -9 unless --clean."""
+    _show(_control(run_dir, "restart_redis", "clean" if clean else "kill"))
 
 
 def main() -> None:

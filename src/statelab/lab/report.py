@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -28,3 +30,21 @@ def print_journey(results: list[JourneyResult], console: Console | None = None) 
             str(r.balance_seen_on_r2) if r.session_survived else "-",
         )
     console.print(summary)
+
+
+def print_bench(result: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"statelab bench — {result['workload']}")
+    for column in ("profile", "requests/s", "p50 ms", "p99 ms", "errors", "ratio to stateful"):
+        table.add_column(column, justify="right" if column != "profile" else "left")
+    for profile, m in result["profiles"].items():
+        table.add_row(
+            profile,
+            f"{m['rps']:.0f}",
+            f"{m['p50_ms']:.1f}",
+            f"{m['p99_ms']:.1f}",
+            str(m["errors"]),
+            f"{m['ratio']:.2f}",
+        )
+    console.print(table)
+    console.print(f"load generator: {result['load_generator']}")

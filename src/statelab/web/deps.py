@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import Depends, Request, Response
+from starlette.requests import HTTPConnection
 
 from statelab.domain.errors import Forbidden, MalformedRequest, NotAuthenticated
 from statelab.state import Stores
@@ -29,7 +30,7 @@ CSRF_HEADER = "X-CSRF-Token"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_stores(request: Request) -> Stores:
+async def get_stores(request: Request) -> Stores:
     stores: Stores = request.app.state.stores
     return stores
 
@@ -62,13 +63,13 @@ def anon_csrf_token(secret: str, anon_id: str) -> str:
     return mac.hexdigest()[:32]
 
 
-def _bearer(request: Request) -> str | None:
+def _bearer(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _resolve(request: Request, stores: Stores) -> Caller:
+async def _resolve(request: HTTPConnection, stores: Stores) -> Caller:
     anon = request.cookies.get(ANON_COOKIE) or None
     if stores.sessions.credential == "bearer":
         token = _bearer(request)
@@ -82,6 +83,12 @@ async def _resolve(request: Request, stores: Stores) -> Caller:
         if session is not None:
             return Caller(session, "cookie", anon)
     return Caller(None, "none", anon)
+
+
+async def resolve_caller(conn: HTTPConnection, stores: Stores) -> Caller:
+    """Who opened a connection that is not a plain request (a WebSocket): the same
+    cookie and bearer rules as for HTTP. CSRF does not apply; the Origin check does."""
+    return await _resolve(conn, stores)
 
 
 def _check_csrf(request: Request, stores: Stores, caller: Caller) -> None:

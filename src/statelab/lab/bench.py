@@ -1,0 +1,179 @@
+"""``statelab bench``: the cart workload against each profile, side by side.
+
+Each profile gets one replica process (same machine, same settings otherwise) over
+one Redis and one SQLite file. The load comes from ``wrk`` (C, event-driven: it
+uses a fraction of the CPU the Python replica does, so the replica is what
+saturates) with a Lua script: every connection is one logged-in user who reads
+the cart four times for each item added — the workload of a shop page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from statelab.cluster.servers import ManagedProcess, MissingBinary, RedisServer, free_port
+from statelab.db.migrate import upgrade
+
+PROFILES = ("stateful", "stateless", "token")
+WORKLOAD = "cart: 4 x GET /api/cart per POST /api/cart/items, one logged-in user per connection"
+
+# wrk's Lua: each connection takes one user's credentials; 1 in 5 requests adds an item.
+_LUA = r"""
+local users = {}
+local counter = 0
+for line in io.lines("%(users)s") do users[#users + 1] = line end
+function setup(thread) counter = counter + 1; thread:set("tid", counter) end
+function init(args) n = 0; me = users[(tid - 1) %% #users + 1] end
+function request()
+  n = n + 1
+  local cookie, header = me:match("^(.-)\t(.*)$")
+  local headers = {["Content-Type"] = "application/json"}
+  if cookie ~= "" then headers["Cookie"] = cookie end
+  local name, value = header:match("^(.-): (.*)$")
+  headers[name] = value
+  if n %% 5 == 0 then
+    return wrk.format("POST", "/api/cart/items", headers, '{"item_id": 1, "quantity": 1}')
+  end
+  return wrk.format("GET", "/api/cart", headers)
+end
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _unit_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(output: str) -> Result:
+    """Requests/s, p50 and p99 from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    pct = {
+        p: _unit_ms(v, u)
+        for p, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    }
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    return Result(rps, pct.get("50", 0.0), pct.get("99", 0.0), errors)
+
+
+def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "statelab",
+        "serve",
+        "--profile",
+        profile,
+        "--port",
+        str(port),
+        "--replica-id",
+        f"{profile}-r1",
+    ]
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return ManagedProcess(f"bench-{profile}", run_dir, argv, env=env, ready=ready), url
+
+
+def _login_users(url: str, count: int, users_file: Path) -> None:
+    """Register and log in ``count`` users; write one credential line per user."""
+    lines = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(count):
+            creds = {"username": f"bench{i:03d}", "password": "bench-password-1"}
+            client.post("/api/auth/register", json=creds)
+            client.cookies.clear()
+            r = client.post("/api/auth/login", json=creds)
+            r.raise_for_status()
+            body = r.json()
+            if "access_token" in body:
+                lines.append(f"\tAuthorization: Bearer {body['access_token']}")
+            else:
+                cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+                lines.append(f"{cookie}\tX-CSRF-Token: {body['csrf_token']}")
+    users_file.write_text("\n".join(lines) + "\n")
+
+
+def _wrk(url: str, script: Path, connections: int, seconds: int) -> Result:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise MissingBinary("wrk not found: install it with `apt-get install wrk`")
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    return parse_wrk(out.stdout)
+
+
+@contextmanager
+def _stack(run_dir: Path) -> Iterator[RedisServer]:
+    with RedisServer(run_dir / "redis") as redis:
+        yield redis
+
+
+def run(
+    seconds: int = 10, connections: int = 32, users: int = 32, profiles: tuple[str, ...] = PROFILES
+) -> dict[str, Any]:
+    """Saturate one replica of each profile in turn; ratios are to ``stateful``."""
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="statelab-bench-") as tmp, _stack(Path(tmp)) as redis:
+        run_dir = Path(tmp)
+        for profile in profiles:
+            database = f"sqlite:///{run_dir / f'{profile}.db'}"
+            upgrade(database)
+            env = {
+                **os.environ,
+                "STATELAB_REDIS_URL": redis.url,
+                "STATELAB_DATABASE_URL": database,
+                "STATELAB_SECRET_KEY": secrets.token_urlsafe(32),
+                "STATELAB_DATA_DIR": str(run_dir / profile),
+                "STATELAB_MAX_LINE_QUANTITY": "1000000",
+                "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
+            }
+            replica, url = _replica(run_dir, profile, env)
+            with replica:
+                users_file = run_dir / f"{profile}.users"
+                _login_users(url, users, users_file)
+                script = run_dir / f"{profile}.lua"
+                script.write_text(_LUA % {"users": users_file})
+                _wrk(url, script, connections, 2)  # warm up
+                measured = _wrk(url, script, connections, seconds)
+            results[profile] = asdict(measured)
+    base = results.get("stateful", {}).get("rps") or None
+    for values in results.values():
+        values["ratio"] = round(values["rps"] / base, 3) if base else 0.0
+    return {
+        "version": 1,
+        "workload": WORKLOAD,
+        "load_generator": f"wrk -t1 -c{connections} -d{seconds}s --latency (Lua script)",
+        "profiles": results,
+        "scale_out": [],
+    }
