@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     drain_seconds: float = 1.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
+    # Jobs: a queued job whose heartbeat is silent this long is redelivered; one
+    # running longer than the timeout is cancelled and retried. The hold makes
+    # each job pause half-way (lab and tests use it to kill a process mid-job).
+    job_heartbeat_seconds: int = 5
+    job_timeout_seconds: int = 120
+    job_hold_seconds: float = 0.0
 
     @field_validator("secret_key")
     @classmethod

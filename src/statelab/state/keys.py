@@ -51,3 +51,19 @@ def cart(owner: str) -> str:
 def rate(scope: str, subject: str) -> str:
     """Counter of attempts in the current fixed window. TTL: the window."""
     return f"{PREFIX}rate:{scope}:{subject}"
+
+
+def job_queue() -> str:
+    """Name of the saq job queue. saq derives its own keys from it:
+    ``saq:<name>:queued`` / ``:active`` (LISTs of job ids), ``:incomplete``,
+    ``:schedule``, ``:stats``, ``:sweep`` and ``saq:job:<name>:<job key>`` (one
+    record per job, kept ``JobPolicy.ttl`` after it finishes so that enqueueing
+    the same key again is ignored). Queued jobs have no TTL: they wait for a worker."""
+    return f"{PREFIX}jobs"
+
+
+def worker_alive(worker_id: str) -> str:
+    """JSON ``{"pid", "started", "jobs"}`` of a running ``statelab worker``: its
+    readiness. TTL: three heartbeat periods, refreshed every period, so a killed
+    worker's key goes away by itself."""
+    return f"{PREFIX}worker:{worker_id}"
