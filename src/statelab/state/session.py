@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import jwt
 from redis.asyncio import Redis
@@ -147,6 +147,7 @@ def _to_hash(session: Session) -> dict[Any, Any]:
         "created": repr(session.created_at),
         "expires": repr(session.expires_at),
         "ua": session.user_agent,
+        "touched": repr(session.created_at),
     }
 
 
@@ -189,16 +190,25 @@ class RedisSessions:
         return Issued(session, session.sid)
 
     async def resolve(self, credential: str) -> Session | None:
+        """One HGETALL per request. The idle timeout is renewed only when a tenth of
+        it has passed since the last renewal, so most requests cost one command and
+        the effective idle timeout lies between 90% and 100% of the setting."""
         key = keys.session(credential)
         with store_guard("redis"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(key)
-                pipe.expire(key, self._life.idle, xx=True)
-                raw, _ = await pipe.execute()
+            raw = cast("dict[str, str]", await self._redis.hgetall(key))
         session = _from_hash(credential, raw) if raw else None
-        if session is not None and time.time() >= session.expires_at:
+        if session is None:
+            return None
+        now = time.time()
+        if now >= session.expires_at:
             await self.revoke(session)
             return None
+        if now - float(raw.get("touched", 0)) > self._life.idle / 10:
+            with store_guard("redis"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.expire(key, self._life.idle, xx=True)
+                    pipe.hset(key, "touched", repr(now))
+                    await pipe.execute()
         return session
 
     async def revoke(self, session: Session) -> None:
