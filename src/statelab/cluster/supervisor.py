@@ -1,0 +1,810 @@
+"""The supervisor: starts a whole cluster, keeps watch over it, changes it on request.
+
+``Cluster.start`` brings up, in order and each checked ready: Redis (only when a
+placement needs it), PostgreSQL or SQLite, the schema migration, replicas
+``r1..rN`` and HAProxy. ``Cluster.stop`` stops them in reverse order. While it
+runs, ``Cluster.watch`` notices processes that exit and HAProxy's view of each
+replica changing, writes both to the events log, and (with ``self_heal``)
+restarts a dead replica after a short delay, as Kubernetes would.
+
+Everything lives in the run folder::
+
+    run/
+      cluster.json     ports, pids and URLs: how ``statelab cluster ...`` finds us
+      events.jsonl     one JSON object per line, with a Unix timestamp ``ts``
+      logs/NAME.log    stdout+stderr of each process (r1, redis, haproxy, ...)
+      pids/NAME.pid    the PID of each running process
+      haproxy.cfg      the generated load-balancer config; haproxy.sock its API
+      redis.conf       the generated Redis config; redis-aof/ its append-only file
+      shop.db          the SQLite database (unless PostgreSQL or a URL is used)
+      replicas/rN/     each replica's own folder (STATELAB_DATA_DIR)
+      objects/         the shared object store for uploads (file://)
+      secret_key       the cluster's shared signing secret (mode 0600)
+
+``run_cluster`` is what ``statelab up`` calls: it serves the control API (see
+``statelab.cluster.control``) next to the cluster until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from statelab.cluster.haproxy import HAProxyServer, LoadBalancerConfig, ServerStat
+from statelab.cluster.servers import (
+    LOOPBACK,
+    ManagedProcess,
+    PostgresServer,
+    RedisServer,
+    ServerError,
+    free_port,
+    require_free_port,
+)
+from statelab.config import NEEDS_REDIS, PROFILES, Profile
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "ClusterOptions",
+    "EventLog",
+    "Replica",
+    "run_cluster",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "cluster.json"
+EVENTS_FILE = "events.jsonl"
+#: How often the watcher looks at processes and HAProxy's stats; this bounds how
+#: precisely the events log times a replica going DOWN.
+WATCH_INTERVAL = 0.1
+
+
+class ClusterError(RuntimeError):
+    """A request the cluster cannot honour; ``status`` is the HTTP code to answer."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ClusterOptions:
+    """Everything ``statelab up`` can be told."""
+
+    profile: Profile = Profile.stateless
+    replicas: int = 3
+    port: int = 8000
+    control_port: int | None = None  # default: port + 1
+    database: str = "sqlite"  # sqlite | postgres | a database URL
+    place: dict[str, str] = field(default_factory=dict)
+    run_dir: Path = Path("run")
+    self_heal: bool = False
+    self_heal_delay: float = 1.0
+    fresh: bool = False  # wipe the data a previous run left in run_dir
+    slots: int = 16  # most replicas the load balancer can take without a restart
+    replica_env: dict[str, str] = field(default_factory=dict)  # extra STATELAB_* settings
+    ready_timeout: float = 30.0
+
+    @property
+    def placements(self) -> dict[str, str]:
+        return {**PROFILES[self.profile], **self.place}
+
+    @property
+    def needs_redis(self) -> bool:
+        return any(item in NEEDS_REDIS for item in self.placements.items())
+
+    @property
+    def sticky(self) -> bool:
+        # Sticky routing is what makes in-memory sessions usable at all.
+        return self.placements["session"] == "memory"
+
+    def check(self) -> None:
+        if not 1 <= self.replicas <= self.slots:
+            raise ClusterError(f"--replicas must be between 1 and {self.slots}", 400)
+
+
+class EventLog:
+    """Append-only JSON lines with wall-clock timestamps, plus the recent ones in memory."""
+
+    def __init__(self, path: Path, keep: int = 2000) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", buffering=1, encoding="utf-8")
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Record ``event`` now; ``fields`` must be JSON-serialisable."""
+        now = time.time()
+        record = {
+            "ts": round(now, 3),
+            "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+            "event": event,
+            **fields,
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self.recent.append(record)
+        log.info("%s %s", event, fields)
+        return record
+
+    def since(self, ts: float = 0.0) -> list[dict[str, Any]]:
+        return [e for e in self.recent if e["ts"] > ts]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def http_ok(port: int, path: str = "/readyz", timeout: float = 1.0) -> bool:
+    """Whether ``GET http://127.0.0.1:port/path`` answers 200."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+class Replica(ManagedProcess):
+    """One ``statelab serve`` process; ready when its ``/readyz`` answers 200."""
+
+    def __init__(self, rid: str, port: int, run_dir: Path, argv: list[str], env: dict[str, str]):
+        super().__init__(rid, run_dir, argv, env=env)
+        self.port = port
+        self.wanted = True  # should be running: self-heal restarts it if it dies
+        self.exit_reported = False
+        self.seen_up = False  # HAProxy has seen it UP since its last start
+        self.lock = asyncio.Lock()  # one lifecycle change at a time
+
+    def is_ready(self) -> bool:
+        return http_ok(self.port)
+
+    def start(self) -> None:
+        super().start()
+        self.exit_reported = False
+        self.seen_up = False
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a live
+    process from a recycled PID."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[19])
+
+
+def _signal_name(code: int | None) -> str | None:
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return None
+
+
+class Cluster:
+    """The processes of one cluster and the operations the control API offers."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        options.check()
+        self.options = options
+        self.run_dir = options.run_dir.resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.control_port = options.control_port or options.port + 1
+        self.events = EventLog(self.run_dir / EVENTS_FILE)
+        self.redis: RedisServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.database_url = ""
+        self.replicas: dict[str, Replica] = {}
+        self.workers: list[ManagedProcess] = []
+        self.haproxy: HAProxyServer | None = None
+        self.secret = ""
+        self.started_at = time.time()
+        self._stats: dict[str, ServerStat] = {}
+        self._stopping = False
+        self._preflight_done = False  # until then stop() must not touch the run folder
+        self._exits_seen: set[int] = set()  # pids of non-replica processes seen dead
+        self._ops = asyncio.Lock()  # add/remove/rolling restart/redis: one at a time
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start and stop --------------------------------------------------------------
+
+    @property
+    def shop_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.options.port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.control_port}"
+
+    async def start(self) -> None:
+        """Start every process, in dependency order, each checked ready."""
+        opts = self.options
+        reap_stale(self.run_dir)
+        require_free_port(opts.port, "the shop (--port)")
+        require_free_port(self.control_port, "the control API")
+        self._preflight_done = True
+        if opts.fresh:
+            self._wipe()
+        self.secret = self._secret()
+        self.events.emit("cluster.starting", profile=opts.profile.value, replicas=opts.replicas)
+        if opts.needs_redis:
+            self.redis = RedisServer(self.run_dir)
+            await self._launch(self.redis)
+        self.database_url = await self._database()
+        await self._migrate()
+        for i in range(1, opts.replicas + 1):
+            self._new_replica(f"r{i}")
+        await asyncio.gather(*(self._launch(r) for r in self.replicas.values()))
+        self.haproxy = HAProxyServer(self.run_dir, self._lb_config())
+        await self._launch(self.haproxy)
+        self.save_state()
+        self.events.emit("cluster.up", shop_url=self.shop_url, control_url=self.control_url)
+
+    async def stop(self) -> None:
+        """Stop everything that runs, in reverse order of starting."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        if not self._preflight_done:
+            self.events.close()  # another cluster may own this folder: leave it alone
+            return
+        self.events.emit("cluster.stopping")
+        if self.haproxy is not None:
+            await asyncio.to_thread(self.haproxy.stop)
+        for group in (self.workers, list(self.replicas.values())):
+            # Replicas drain in parallel: shutdown costs one drain period, not N.
+            await asyncio.gather(*(asyncio.to_thread(p.stop, 20.0) for p in group))
+        for server in (self.postgres, self.redis):
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        self.events.emit("cluster.stopped")
+        self.events.close()
+
+    async def _launch(self, proc: ManagedProcess) -> None:
+        began = time.monotonic()
+        proc.start()
+        self.events.emit("process.started", target=proc.name, pid=proc.pid)
+        await asyncio.to_thread(proc.wait_ready, self.options.ready_timeout)
+        took = round(time.monotonic() - began, 3)
+        self.events.emit("process.ready", target=proc.name, pid=proc.pid, seconds=took)
+
+    def _secret(self) -> str:
+        # One secret for all replicas (any of them must verify what another signed);
+        # kept in the run folder so a restarted cluster still accepts its cookies.
+        path = self.run_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        value = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+        return value
+
+    def _wipe(self) -> None:
+        for name in ("redis-aof", "postgres", "replicas", "objects", "secret_key"):
+            target = self.run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for db in self.run_dir.glob("shop.db*"):
+            db.unlink()
+
+    async def _database(self) -> str:
+        choice = self.options.database
+        if choice == "sqlite":
+            return f"sqlite:///{self.run_dir / 'shop.db'}"
+        if choice in ("postgres", "postgresql"):
+            self.postgres = PostgresServer(self.run_dir)
+            await self._launch(self.postgres)
+            return self.postgres.url
+        return choice
+
+    async def _migrate(self) -> None:
+        argv = [*statelab_command(), "migrate", "--database-url", self.database_url]
+        logfile = self.run_dir / "logs" / "migrate.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with logfile.open("ab") as out:
+            done = await asyncio.to_thread(
+                subprocess.run, argv, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False
+            )
+        if done.returncode != 0:
+            tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-10:])
+            raise ServerError(f"statelab migrate failed; log {logfile}:\n{tail}")
+        self.events.emit("database.migrated", url=_redact(self.database_url))
+
+    # -- replicas --------------------------------------------------------------------
+
+    def _new_replica(self, rid: str) -> Replica:
+        port = free_port()
+        opts = self.options
+        argv = [
+            *statelab_command(),
+            "serve",
+            "--profile", opts.profile.value,
+            "--port", str(port),
+            "--replica-id", rid,
+            "--host", LOOPBACK,
+            "--database-url", self.database_url,
+        ]  # fmt: skip
+        if self.redis is not None:
+            argv += ["--redis-url", self.redis.url]
+        for kind, placement in opts.place.items():
+            argv += ["--place", f"{kind}={placement}"]
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "STATELAB_SECRET_KEY": self.secret,
+            "STATELAB_DATA_DIR": str(self.run_dir / "replicas" / rid),
+            "STATELAB_OBJECT_STORE_URL": os.environ.get(
+                "STATELAB_OBJECT_STORE_URL", (self.run_dir / "objects").as_uri()
+            ),
+            **opts.replica_env,
+        }
+        replica = Replica(rid, port, self.run_dir, argv, env)
+        self.replicas[rid] = replica
+        return replica
+
+    def replica(self, rid: str) -> Replica:
+        try:
+            return self.replicas[rid]
+        except KeyError:
+            known = ", ".join(self.replicas) or "none"
+            raise ClusterError(f"no replica {rid!r} (replicas: {known})", 404) from None
+
+    def _lb_config(self) -> LoadBalancerConfig:
+        return LoadBalancerConfig(
+            port=self.options.port,
+            socket_path=self.run_dir / "haproxy.sock",
+            sticky=self.options.sticky,
+            servers={rid: r.port for rid, r in self.replicas.items()},
+            slots=self.options.slots,
+        )
+
+    def _lb(self) -> HAProxyServer:
+        if self.haproxy is None or not self.haproxy.alive:
+            raise ClusterError("the load balancer is not running", 503)
+        return self.haproxy
+
+    async def kill(self, rid: str, sig: signal.Signals = signal.SIGKILL) -> dict[str, Any]:
+        """Send ``sig`` to a replica: SIGKILL is a crash, SIGTERM a graceful shutdown."""
+        replica = self.replica(rid)
+        if not replica.alive:
+            raise ClusterError(f"{rid} is not running")
+        self.events.emit("replica.kill", target=rid, pid=replica.pid, signal=sig.name)
+        replica.kill(sig)
+        return {"id": rid, "pid": replica.pid, "signal": sig.name}
+
+    async def start_replica(self, rid: str, reason: str = "request") -> dict[str, Any]:
+        """Start a replica that is down (same port) and put it back in rotation."""
+        replica = self.replica(rid)
+        async with replica.lock:
+            replica.wanted = True
+            if not replica.alive:
+                replica.stop()  # collects the old exit status and any straggler
+                self.events.emit("replica.start", target=rid, reason=reason)
+                await self._launch(replica)
+            self._lb().api.set_state(rid, "ready")
+            self.save_state()
+        return self.replica_status(rid)
+
+    async def drain(self, rid: str) -> dict[str, Any]:
+        """No new requests for ``rid`` (sticky ones still come); in-flight ones finish."""
+        self.replica(rid)
+        self._lb().api.set_state(rid, "drain")
+        self.events.emit("replica.drain", target=rid)
+        return self.replica_status(rid)
+
+    async def add_replica(self) -> dict[str, Any]:
+        """Start one more replica and fill a load-balancer slot with it, live."""
+        async with self._ops:
+            lb = self._lb()
+            free = [name for name in lb.cfg.slot_names() if name not in self.replicas]
+            if not free:
+                raise ClusterError(f"all {self.options.slots} load-balancer slots are in use")
+            replica = self._new_replica(free[0])
+            try:
+                await self._launch(replica)
+            except ServerError:
+                replica.stop()
+                del self.replicas[replica.name]
+                raise
+            lb.api.set_address(replica.name, replica.port)
+            lb.api.set_state(replica.name, "ready")
+            lb.write_config(self._lb_config())
+            self.save_state()
+            self.events.emit("replica.added", target=replica.name, port=replica.port)
+        return self.replica_status(replica.name)
+
+    async def remove_replica(self, rid: str) -> dict[str, Any]:
+        """Drain a replica, stop it gracefully and free its slot."""
+        async with self._ops:
+            replica = self.replica(rid)
+            if len(self.replicas) == 1:
+                raise ClusterError("refusing to remove the last replica")
+            lb = self._lb()
+            async with replica.lock:
+                replica.wanted = False
+                await self._drain_and_stop(replica)
+                lb.api.set_state(rid, "maint")
+                del self.replicas[rid]
+            lb.write_config(self._lb_config())
+            self.save_state()
+            self.events.emit("replica.removed", target=rid)
+        return {"id": rid, "removed": True}
+
+    async def rolling_restart(self) -> dict[str, Any]:
+        """Restart every replica, one at a time: drain, stop, start, wait until UP."""
+        async with self._ops:
+            lb = self._lb()
+            began = time.monotonic()
+            self.events.emit("rolling_restart.begin", replicas=list(self.replicas))
+            for rid, replica in list(self.replicas.items()):
+                async with replica.lock:
+                    await self._drain_and_stop(replica)
+                    await self._launch(replica)
+                    lb.api.set_state(rid, "ready")
+                    await self._wait_lb(rid, lambda s: s.status.startswith("UP"), 15.0)
+                    self.save_state()
+                self.events.emit("replica.restarted", target=rid, pid=replica.pid)
+            took = round(time.monotonic() - began, 3)
+            self.events.emit("rolling_restart.end", seconds=took)
+        return {"restarted": list(self.replicas), "seconds": took}
+
+    async def _drain_and_stop(self, replica: Replica) -> None:
+        api = self._lb().api
+        api.set_state(replica.name, "drain")
+        self.events.emit("replica.drain", target=replica.name)
+        # Requests already on their way finish before we ask the replica to stop.
+        await self._wait_lb(replica.name, lambda s: s.sessions == 0, 5.0)
+        self.events.emit("replica.stop", target=replica.name, pid=replica.pid)
+        code = await asyncio.to_thread(replica.stop, 20.0)
+        replica.exit_reported = True
+        self.events.emit("process.exited", target=replica.name, code=code, expected=True)
+
+    async def _wait_lb(self, rid: str, test: Callable[[ServerStat], bool], within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            stat = self._lb().api.show_stat().get(rid)
+            if stat is not None and test(stat):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    # -- redis -----------------------------------------------------------------------
+
+    async def restart_redis(self, hard: bool = True) -> dict[str, Any]:
+        """Restart Redis on the same port and AOF: ``hard`` is ``kill -9``."""
+        async with self._ops:
+            redis = self.redis
+            if redis is None:
+                raise ClusterError(f"profile {self.options.profile.value} runs without Redis")
+            began = time.monotonic()
+            mode = "kill" if hard else "clean"
+            self.events.emit("redis.restart", target=redis.name, pid=redis.pid, mode=mode)
+            if hard:
+                redis.kill(signal.SIGKILL)
+            await asyncio.to_thread(redis.stop)
+            await self._launch(redis)
+            self.save_state()
+            took = round(time.monotonic() - began, 3)
+            self.events.emit("redis.restarted", target=redis.name, pid=redis.pid, seconds=took)
+        return {"pid": redis.pid, "mode": mode, "seconds": took}
+
+    # -- watching --------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Log exits and HAProxy state changes; restart dead replicas with self-heal."""
+        while not self._stopping:
+            self._check_processes()
+            self._poll_lb()
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def _check_processes(self) -> None:
+        for replica in list(self.replicas.values()):
+            if replica.pid is None or replica.alive or replica.exit_reported:
+                continue
+            if replica.lock.locked():
+                continue  # an operation is stopping or starting it on purpose
+            replica.exit_reported = True
+            code = replica.returncode
+            self.events.emit(
+                "process.exited", target=replica.name, code=code, signal=_signal_name(code)
+            )
+            replica.stop()  # reap: pid file, stragglers
+            if replica.wanted and self.options.self_heal and not self._stopping:
+                self._spawn(self._heal(replica))
+        for proc in (self.redis, self.postgres, self.haproxy):
+            if proc is None or proc.pid is None or proc.alive or proc.pid in self._exits_seen:
+                continue
+            if not self._ops.locked():  # a Redis restart reports its own exit
+                self._exits_seen.add(proc.pid)
+                self.events.emit("process.exited", target=proc.name, code=proc.returncode)
+
+    async def _heal(self, replica: Replica) -> None:
+        await asyncio.sleep(self.options.self_heal_delay)
+        if self._stopping or replica.alive or not replica.wanted:
+            return
+        if self.replicas.get(replica.name) is not replica:
+            return
+        try:
+            await self.start_replica(replica.name, reason="self-heal")
+        except (ServerError, ClusterError) as exc:
+            self.events.emit("self_heal.failed", target=replica.name, error=str(exc))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _poll_lb(self) -> None:
+        if self.haproxy is None or not self.haproxy.alive:
+            return
+        try:
+            stats = self.haproxy.api.show_stat()
+        except OSError:
+            return
+        for rid in self.replicas:
+            new, old = stats.get(rid), self._stats.get(rid)
+            if new is None:
+                continue
+            if new.status.startswith("UP"):
+                self.replicas[rid].seen_up = True
+            if old is None or old.status != new.status:
+                self.events.emit(
+                    "lb.state",
+                    target=rid,
+                    was=old.status if old else None,
+                    now=new.status,
+                    check=new.check_status,
+                )
+        self._stats = stats
+
+    # -- status ----------------------------------------------------------------------
+
+    def _fresh_stats(self) -> dict[str, ServerStat]:
+        if self.haproxy is not None and self.haproxy.alive:
+            with contextlib.suppress(OSError):
+                self._stats = self.haproxy.api.show_stat()
+        return self._stats
+
+    def replica_status(self, rid: str) -> dict[str, Any]:
+        return self._replica_status(self.replica(rid), self._fresh_stats().get(rid))
+
+    def _replica_status(self, replica: Replica, stat: ServerStat | None) -> dict[str, Any]:
+        return {
+            "id": replica.name,
+            "pid": replica.pid if replica.alive else None,
+            "port": replica.port,
+            "state": replica_state(replica, stat),
+            "alive": replica.alive,
+            "lb_status": stat.status if stat else None,
+            "requests": stat.requests if stat else 0,
+            "sessions": stat.sessions if stat else 0,
+            "url": f"http://{LOOPBACK}:{replica.port}",
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The shape ``statelab cluster status --json`` prints."""
+        stats = self._fresh_stats()
+        lb = self.haproxy
+        return {
+            "profile": self.options.profile.value,
+            "shop_url": self.shop_url,
+            "control_url": self.control_url,
+            "run_dir": str(self.run_dir),
+            "self_heal": self.options.self_heal,
+            "placements": self.options.placements,
+            "replicas": [
+                self._replica_status(r, stats.get(rid)) for rid, r in self.replicas.items()
+            ],
+            "redis": _process_status(self.redis, url=self.redis.url if self.redis else None),
+            "database": {
+                "url": _redact(self.database_url),
+                **(_process_status(self.postgres) or {}),
+            },
+            "haproxy": _process_status(
+                lb,
+                port=self.options.port,
+                stats_socket=str(lb.cfg.socket_path) if lb else None,
+                config=str(lb.config_path) if lb else None,
+                requests=sum(s.requests for s in stats.values()),
+                sessions=sum(s.sessions for s in stats.values()),
+                retries=sum(s.retries for s in stats.values()),
+                redispatches=sum(s.redispatches for s in stats.values()),
+            ),
+            "workers": [_process_status(w) for w in self.workers],
+        }
+
+    def save_state(self) -> None:
+        """Write ``cluster.json`` (atomically: the CLI may read it at any moment)."""
+        procs: dict[str, dict[str, Any]] = {}
+        for proc in self._processes():
+            if proc.pid is not None and proc.alive:
+                procs[proc.name] = {"pid": proc.pid, "start_time": _start_time(proc.pid)}
+                port = getattr(proc, "port", None)
+                if port is not None:
+                    procs[proc.name]["port"] = port
+        state = {
+            "version": 1,
+            "profile": self.options.profile.value,
+            "shop_url": self.shop_url,
+            "control_url": self.control_url,
+            "supervisor": {"pid": os.getpid(), "start_time": _start_time(os.getpid())},
+            "run_dir": str(self.run_dir),
+            "events": str(self.events.path),
+            "logs": str(self.run_dir / "logs"),
+            "database_url": _redact(self.database_url),
+            "redis_url": self.redis.url if self.redis else None,
+            "processes": procs,
+        }
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def _processes(self) -> Iterator[ManagedProcess]:
+        for proc in (self.redis, self.postgres, self.haproxy):
+            if proc is not None:
+                yield proc
+        yield from self.replicas.values()
+        yield from self.workers
+
+
+def replica_state(replica: Replica, stat: ServerStat | None) -> str:
+    """``up``, ``down``, ``draining`` or ``starting``, as HAProxy sees the replica."""
+    if stat is None or stat.admin == "maint":
+        return "starting" if replica.alive and stat is None else "down"
+    if stat.admin == "drain":
+        return "draining"
+    if stat.status.startswith(("UP", "no check")):
+        return "up"
+    # HAProxy says DOWN: a process that has not passed its first checks is starting.
+    return "starting" if replica.alive and not replica.seen_up else "down"
+
+
+def _process_status(proc: ManagedProcess | None, **extra: Any) -> dict[str, Any] | None:
+    if proc is None:
+        return None
+    return {
+        "name": proc.name,
+        "pid": proc.pid if proc.alive else None,
+        "state": "up" if proc.alive else "down",
+        **extra,
+    }
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs and status."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def statelab_command() -> list[str]:
+    """How to run our own CLI in a child process, whatever the install."""
+    return [sys.executable, "-m", "statelab"]
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """The ``cluster.json`` of ``run_dir``, or ``None`` when there is none."""
+    try:
+        data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def _same_process(entry: dict[str, Any]) -> bool:
+    pid = entry.get("pid")
+    return isinstance(pid, int) and _start_time(pid) == entry.get("start_time") is not None
+
+
+def reap_stale(run_dir: Path) -> list[str]:
+    """Refuse to start over a live cluster; kill what a crashed supervisor left.
+
+    A process is only killed when its PID *and* kernel start time match what we
+    recorded, so a recycled PID is never touched.
+    """
+    state = read_state(run_dir)
+    if state is None:
+        return []
+    supervisor = state.get("supervisor", {})
+    if _same_process(supervisor):
+        raise ClusterError(
+            f"a cluster is already running from {run_dir} (supervisor pid "
+            f"{supervisor['pid']}); stop it first or use another --run-dir"
+        )
+    killed = []
+    for name, entry in state.get("processes", {}).items():
+        if _same_process(entry):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(entry["pid"], signal.SIGKILL)
+            killed.append(name)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return killed
+
+
+# -- running it: what ``statelab up`` calls ------------------------------------------------
+
+
+def run_cluster(options: ClusterOptions, say: Callable[[str], None] = print) -> None:
+    """Start a cluster, serve its control API, and stop everything on SIGINT/SIGTERM."""
+    asyncio.run(_run(options, say))
+
+
+async def _run(options: ClusterOptions, say: Callable[[str], None]) -> None:
+    from statelab.cluster.control import ControlServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cluster = Cluster(options)
+    control: ControlServer | None = None
+    try:
+        if not await _until_stopped(cluster.start(), stop):
+            return
+        control = ControlServer(cluster)
+        await control.start()
+        cluster._spawn(cluster.watch())
+        say(banner(cluster))
+        await stop.wait()
+        say("statelab: stopping the cluster")
+    finally:
+        if control is not None:
+            await control.stop()
+        await cluster.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first; ``True`` when it completed."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        task.result()  # re-raise a start failure
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ServerError):
+        await task
+    return False
+
+
+def banner(cluster: Cluster) -> str:
+    opts = cluster.options
+    run_dir = cluster.run_dir
+    return "\n".join(
+        [
+            f"statelab: {opts.replicas} replica(s), profile {opts.profile.value}, "
+            f"{'sticky' if opts.sticky else 'round-robin'} load balancing",
+            f"  shop     {cluster.shop_url}",
+            f"  control  {cluster.control_url}   (statelab cluster status --run-dir {run_dir})",
+            f"  logs     {run_dir / 'logs'}/   events {run_dir / EVENTS_FILE}",
+            "Ctrl-C stops everything.",
+        ]
+    )
