@@ -256,3 +256,12 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize("profile", ["stateful", "stateless"])
+async def test_a_session_in_use_outlives_its_idle_timeout(shop: ShopFactory, profile: str) -> None:
+    client = await shop(profile, session_idle_seconds=2)
+    headers = await register_and_login(client, "ines")
+    for _ in range(4):  # 4 x 1.2 s = 4.8 s, more than twice the idle timeout
+        await _sleep(1.2)
+        assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
