@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     drain_seconds: float = 1.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
+    chat_presence_ttl_seconds: float = 30.0
+    chat_typing_ttl_seconds: float = 6.0
+    chat_rooms_per_user: int = 50
+    chat_frames_per_second: float = 10.0
+    chat_frame_burst: int = 30
+    chat_send_queue_frames: int = 500
     # Jobs: a queued job whose heartbeat is silent this long is redelivered; one
     # running longer than the timeout is cancelled and retried. The hold makes
     # each job pause half-way (lab and tests use it to kill a process mid-job).

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from statelab.config import Settings
 from statelab.db.engine import make_engine, sessionmaker
 from statelab.domain.shop import CartLimits
 from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts
+from statelab.state.chat import ChatLimits, ChatStore, MemoryChat, RedisChat
 from statelab.state.errors import store_guard
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -42,6 +43,7 @@ class Stores:
     carts: CartStore
     ledger: Ledger
     ratelimit: RateLimiter
+    chat: ChatStore
 
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
@@ -116,6 +118,20 @@ def _rate_limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
     return RedisRateLimiter(redis)
 
 
+def _chat_store(
+    settings: Settings, redis: Redis | None, db: async_sessionmaker[AsyncSession]
+) -> ChatStore:
+    limits = ChatLimits(
+        rooms_per_user=settings.chat_rooms_per_user,
+        presence_ttl=settings.chat_presence_ttl_seconds,
+        typing_ttl=settings.chat_typing_ttl_seconds,
+    )
+    if settings.placement("chat") == "memory":
+        return MemoryChat(limits)
+    assert redis is not None
+    return RedisChat(redis, db, limits, settings.replica_id)
+
+
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Build the stores for the settings' placements; close their connections after."""
@@ -138,6 +154,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             carts=_cart_store(settings, redis),
             ledger=ledger,
             ratelimit=_rate_limiter(settings, redis),
+            chat=_chat_store(settings, redis, db_sessions),
         )
     finally:
         if redis is not None:

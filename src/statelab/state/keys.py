@@ -53,6 +53,41 @@ def rate(scope: str, subject: str) -> str:
     return f"{PREFIX}rate:{scope}:{subject}"
 
 
+def chat_where(user_id: int) -> str:
+    """ZSET replica id -> expiry (unix ms) of the replicas holding a socket of the
+    user: the presence registry. Each replica refreshes its entries every third of
+    the presence TTL; a killed replica's entry is past its score within the TTL and
+    dropped on the next write. Key TTL: the presence TTL, renewed by every write."""
+    return f"{PREFIX}chat:where:{user_id}"
+
+
+def chat_online() -> str:
+    """ZSET ``"<user_id>:<username>"`` -> latest expiry (unix ms) over the user's
+    replicas: who is online. A member past its score is swept (and announced as
+    offline) by whichever replica sweeps first. Key TTL: the presence TTL, renewed
+    by every heartbeat, so it vanishes when every replica is gone."""
+    return f"{PREFIX}chat:online"
+
+
+def chat_typing(room_id: str) -> str:
+    """ZSET username -> expiry (unix ms) of who is typing in a room. Entries past
+    their score are ignored and trimmed on the next write. Key TTL: the typing TTL,
+    renewed by each typing frame, so an idle room keeps nothing."""
+    return f"{PREFIX}chat:typing:{room_id}"
+
+
+def chat_room_channel(room_id: str) -> str:
+    """Pub/sub channel of a room's live events (messages, typing, presence). Not
+    stored, so no TTL: only replicas with a socket in the room subscribe."""
+    return f"{PREFIX}chat:room:{room_id}"
+
+
+def chat_replica_channel(replica_id: str) -> str:
+    """Pub/sub channel of events for users on one replica (close their sockets,
+    read marks from another device). Not stored, so no TTL."""
+    return f"{PREFIX}chat:replica:{replica_id}"
+
+
 def job_queue() -> str:
     """Name of the saq job queue. saq derives its own keys from it:
     ``saq:<name>:queued`` / ``:active`` (LISTs of job ids), ``:incomplete``,

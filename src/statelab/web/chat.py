@@ -1,0 +1,742 @@
+"""Live chat: the ``GET /ws/chat`` WebSocket, the ``/api/chat`` routes and the hub
+that holds this replica's sockets.
+
+JSON text frames, each with a ``type``. Client to server: ``join``, ``leave``,
+``send`` (``room``, ``client_msg_id``, ``text``), ``typing``, ``read`` (``room``,
+``seq``), ``resume`` (``rooms``: room id -> last seen seq). Server to client:
+``message``, ``ack``, ``presence``, ``typing``, ``unread``, ``error`` (``code``,
+``detail``). A bad frame gets an ``error`` frame; the socket stays open.
+
+Delivery. Every socket has, per room it joined or resumed, a cursor: the last seq it
+was sent. One writer task per socket owns the cursors and sends everything, so a
+live message older than the cursor is dropped (no duplicates), one right after it is
+sent, and one further ahead first pulls the missing range from history (no gaps).
+``resume`` sets the cursor to what the client last saw and pulls the rest. Live
+events reach the writer through a bounded queue: a socket too slow to drain it is
+closed with 1013 and resumes on reconnect, so a slow client never stalls a room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import orjson
+from fastapi import APIRouter, FastAPI, Query, WebSocket
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from statelab.config import Settings
+from statelab.domain.errors import (
+    Forbidden,
+    InvalidInput,
+    LimitExceeded,
+    MalformedRequest,
+    NotAuthenticated,
+    NotFound,
+    RateLimited,
+    StatelabError,
+    Unavailable,
+)
+from statelab.state import Stores
+from statelab.state.chat import ChatStore, Event
+from statelab.state.session import Session
+from statelab.web.deps import StoresDep, UserDep, resolve_caller
+from statelab.web.problems import problem, status_of
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["chat"])
+
+#: Messages read from history per query while a socket catches up.
+CATCH_UP_PAGE = 200
+#: Upper bound on pages per catch-up (2 million messages): every loop is bounded.
+CATCH_UP_MAX_PAGES = 10_000
+#: How long a server-side close may take before the socket is given up.
+CLOSE_TIMEOUT = 5.0
+#: Close codes: 4401 as for NotAuthenticated, 1013 "try again later" for a socket
+#: that could not keep up or whose catch-up failed, 1012 "service restart".
+CLOSE_LOGGED_OUT, CLOSE_TOO_SLOW, CLOSE_RESTART = 4401, 1013, 1012
+
+
+# ------------------------------------------------------------------------ frames in
+
+RoomId = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Seq = Annotated[int, Field(ge=0)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+class JoinFrame(_Frame):
+    type: Literal["join"]
+    room: RoomId
+
+
+class LeaveFrame(_Frame):
+    type: Literal["leave"]
+    room: RoomId
+
+
+class SendFrame(_Frame):
+    type: Literal["send"]
+    room: RoomId
+    client_msg_id: ClientMsgId
+    text: str
+
+
+class TypingFrame(_Frame):
+    type: Literal["typing"]
+    room: RoomId
+
+
+class ReadFrame(_Frame):
+    type: Literal["read"]
+    room: RoomId
+    seq: Seq
+
+
+class ResumeFrame(_Frame):
+    type: Literal["resume"]
+    rooms: dict[RoomId, Seq]
+
+
+ClientFrame = Annotated[
+    JoinFrame | LeaveFrame | SendFrame | TypingFrame | ReadFrame | ResumeFrame,
+    Field(discriminator="type"),
+]
+_client_frames: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+def error_frame(code: str, detail: str) -> Event:
+    return {"type": "error", "code": code, "detail": detail}
+
+
+def _code(exc: StatelabError) -> str:
+    """``LimitExceeded`` -> ``limit_exceeded``: the error's class, for programs."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+def _bad_frame(exc: ValidationError) -> Event:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "frame"
+    return error_frame("bad_frame", f"{where}: {first['msg']}")
+
+
+# ----------------------------------------------------------------- the writer's work
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """A live message for the cursor logic."""
+
+    room: str
+    seq: int
+    frame: Event
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """Start a cursor: at ``after`` (resume) or at the room's newest message (join)."""
+
+    room: str
+    after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class _CatchUp:
+    room: str
+
+
+_Item = Event | _Live | _Start | _Stop | _CatchUp
+
+
+class _Bucket:
+    """Token bucket: ``rate`` frames per second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class Connection:
+    """One accepted socket: its user, rooms, cursors, send queue and writer task."""
+
+    def __init__(self, ws: WebSocket, session: Session, store: ChatStore, settings: Settings):
+        self.ws = ws
+        self.user_id = session.user_id
+        self.username = session.username
+        self.store = store
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(settings.chat_send_queue_frames)
+        self.bucket = _Bucket(settings.chat_frames_per_second, settings.chat_frame_burst)
+        self.rooms: set[str] = set()  # joined or resumed on this socket
+        self.cursors: dict[str, int] = {}  # owned by the writer task
+        self.presence: dict[str, bool] = {}  # what this socket was last told
+        self.closing = False
+        self.writer: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None
+
+    def offer(self, item: _Item) -> None:
+        """Queue without waiting; a full queue means the client cannot keep up."""
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.info("chat socket of user %s too slow; closing it", self.user_id)
+            self.close(CLOSE_TOO_SLOW, "too slow: reconnect and resume")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close from the server side, once; the reader then sees the disconnect."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.writer is not None:
+            self.writer.cancel()
+        self.closer = asyncio.create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(BaseException):
+                await self.writer
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_TIMEOUT)
+
+    # -- the writer ------------------------------------------------------------------
+
+    async def write_loop(self) -> None:
+        """Send queued frames in order until the socket goes away."""
+        try:
+            while True:
+                await self._write(await self.queue.get())
+        except StatelabError as exc:
+            log.warning("chat socket of user %s cannot catch up: %s", self.user_id, exc)
+            self.close(CLOSE_TOO_SLOW, "history unavailable: reconnect and resume")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away mid-send
+            log.debug("chat writer of user %s ended: %r", self.user_id, exc)
+
+    async def _write(self, item: _Item) -> None:
+        if isinstance(item, dict):
+            await self._send(item)
+        elif isinstance(item, _Live):
+            await self._live(item)
+        elif isinstance(item, _Start):
+            await self._start(item)
+        elif isinstance(item, _Stop):
+            self.cursors.pop(item.room, None)
+        elif item.room in self.cursors:
+            await self._catch_up(item.room, None)
+
+    async def _send(self, frame: Event) -> None:
+        await self.ws.send_text(orjson.dumps(frame).decode())
+
+    async def _live(self, item: _Live) -> None:
+        cursor = self.cursors.get(item.room)
+        if cursor is None or item.seq <= cursor:
+            return  # not (yet) following the room, or already sent
+        if item.seq > cursor + 1:
+            await self._catch_up(item.room, item.seq - 1)
+        await self._send(item.frame)
+        self.cursors[item.room] = item.seq
+
+    async def _start(self, item: _Start) -> None:
+        newest = await self.store.last_seq(item.room)
+        if item.after is None:
+            self.cursors[item.room] = newest
+            return
+        self.cursors[item.room] = min(item.after, newest)
+        await self._catch_up(item.room, None)
+
+    async def _catch_up(self, room: str, upto: int | None) -> None:
+        """Send history after the cursor (up to ``upto``, or all there is)."""
+        for _ in range(CATCH_UP_MAX_PAGES):
+            batch = await self.store.history(room, self.cursors[room], CATCH_UP_PAGE)
+            for message in batch:
+                if upto is not None and message.seq > upto:
+                    return
+                await self._send(message.frame())
+                self.cursors[room] = message.seq
+            if len(batch) < CATCH_UP_PAGE:
+                return
+
+
+# ------------------------------------------------------------------------------ hub
+
+Handler = Callable[["Hub", Connection, Any], Awaitable[None]]
+
+
+class Hub:
+    """This replica's sockets, by user and by room, and the chat protocol.
+
+    It is the store's ``ChatListener``: live events arrive here and are put on the
+    queues of the sockets that follow the room.
+    """
+
+    def __init__(self, store: ChatStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._by_user: dict[int, set[Connection]] = {}
+        self._by_room: dict[str, set[Connection]] = {}
+        self._watched: set[str] = set()
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._presence_locks: dict[int, asyncio.Lock] = {}
+        self._entered: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.store.start(self)
+
+    async def stop(self) -> None:
+        """Close what is still open with 1012 (uvicorn already did on its shutdown)
+        and stop the store's background tasks."""
+        for conns in list(self._by_user.values()):
+            for conn in list(conns):
+                conn.close(CLOSE_RESTART, "server shutting down")
+        closers = [c.closer for cs in self._by_user.values() for c in cs if c.closer]
+        if closers:
+            await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
+        await self.store.stop()
+
+    # -- one socket ------------------------------------------------------------------
+
+    async def serve(self, conn: Connection) -> None:
+        """Run an accepted socket until it closes."""
+        self._by_user.setdefault(conn.user_id, set()).add(conn)
+        conn.writer = asyncio.create_task(conn.write_loop())
+        try:
+            await self._presence(conn.user_id, conn.username)
+            await self._read_loop(conn)
+        finally:
+            conn.closing = True
+            conn.writer.cancel()
+            await self._forget(conn)
+
+    async def _read_loop(self, conn: Connection) -> None:
+        while True:
+            message = await conn.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if not conn.closing:
+                await self._on_frame(conn, message.get("text"))
+
+    async def _forget(self, conn: Connection) -> None:
+        conns = self._by_user.get(conn.user_id, set())
+        conns.discard(conn)
+        if not conns:
+            self._by_user.pop(conn.user_id, None)
+        for room in list(conn.rooms):
+            await self._unsubscribe(conn, room)
+        with contextlib.suppress(StatelabError):
+            await self._presence(conn.user_id, conn.username)
+
+    async def _on_frame(self, conn: Connection, text: str | None) -> None:
+        try:
+            if not conn.bucket.take():
+                raise RateLimited("too many frames on this socket; slow down", 1)
+            frame = self._parse(text)
+            await self._handlers[frame.type](self, conn, frame)
+        except ValidationError as exc:
+            conn.offer(_bad_frame(exc))
+        except StatelabError as exc:
+            conn.offer(error_frame(_code(exc), exc.detail))
+        except Exception:
+            log.exception("chat frame of user %s failed", conn.user_id)
+            conn.offer(error_frame("internal", "the server failed; the error was logged"))
+
+    def _parse(self, text: str | None) -> ClientFrame:
+        if text is None:
+            raise MalformedRequest("send JSON text frames, not binary ones")
+        # Room ids, ids and JSON escapes around the longest text allowed (\uXXXX is 6).
+        limit = self.settings.max_message_chars * 6 + 1024
+        if len(text) > limit:
+            raise LimitExceeded(f"frame is {len(text)} characters; at most {limit}")
+        return _client_frames.validate_json(text)
+
+    # -- frames ----------------------------------------------------------------------
+
+    async def _join(self, conn: Connection, frame: JoinFrame) -> None:
+        room = await self.store.join(frame.room, conn.user_id)
+        await self._subscribe(conn, room.id, None)
+        await self._greet(conn, [room.id])
+        # The members already there learn that the newcomer is online.
+        online = {"type": "presence", "user": conn.username, "online": True}
+        await self.store.publish(room.id, online)
+
+    async def _leave(self, conn: Connection, frame: LeaveFrame) -> None:
+        await self.store.leave(frame.room, conn.user_id)
+        await self.user_event(conn.user_id, {"type": "leave", "room": frame.room})
+        with contextlib.suppress(StatelabError):
+            await self.store.tell_elsewhere(conn.user_id, {"type": "leave", "room": frame.room})
+
+    async def _send_message(self, conn: Connection, frame: SendFrame) -> None:
+        limit = self.settings.max_message_chars
+        if not frame.text.strip():
+            raise InvalidInput("text must not be empty")
+        if len(frame.text) > limit:
+            raise LimitExceeded(f"text is {len(frame.text)} characters; at most {limit}")
+        posted = await self.store.post(
+            frame.room, conn.user_id, conn.username, frame.client_msg_id, frame.text
+        )
+        message = posted.message
+        try:
+            # A resend is routed again too: the first copy may have died with its
+            # replica between storing and publishing. Cursors drop the duplicates.
+            await self.store.publish(message.room, message.frame())
+        except Unavailable as exc:
+            log.warning("message %s/%s stored but not routed: %s", message.room, message.seq, exc)
+        ack = {"client_msg_id": message.client_msg_id, "room": message.room, "seq": message.seq}
+        conn.offer({"type": "ack", **ack})
+
+    async def _typing(self, conn: Connection, frame: TypingFrame) -> None:
+        if frame.room not in conn.rooms:
+            raise NotFound(f"join room {frame.room!r} on this socket first")
+        await self.store.typing(frame.room, conn.username)
+        await self.store.publish(
+            frame.room, {"type": "typing", "room": frame.room, "user": conn.username}
+        )
+
+    async def _read(self, conn: Connection, frame: ReadFrame) -> None:
+        count = await self.store.mark_read(frame.room, conn.user_id, frame.seq)
+        unread = {"type": "unread", "room": frame.room, "count": count}
+        await self.user_event(conn.user_id, unread)
+        with contextlib.suppress(StatelabError):
+            await self.store.tell_elsewhere(conn.user_id, unread)
+
+    async def _resume(self, conn: Connection, frame: ResumeFrame) -> None:
+        limit = self.settings.chat_rooms_per_user
+        if len(frame.rooms) > limit:
+            raise LimitExceeded(f"resume at most {limit} rooms")
+        resumed = []
+        for room_id, last_seen in frame.rooms.items():
+            try:
+                await self.store.room(room_id, conn.user_id)
+            except NotFound as exc:
+                conn.offer(error_frame(_code(exc), exc.detail))
+                continue
+            await self._subscribe(conn, room_id, last_seen)
+            resumed.append(room_id)
+        await self._greet(conn, resumed)
+
+    _handlers: dict[str, Handler] = {
+        "join": _join,
+        "leave": _leave,
+        "send": _send_message,
+        "typing": _typing,
+        "read": _read,
+        "resume": _resume,
+    }
+
+    async def _greet(self, conn: Connection, rooms: list[str]) -> None:
+        """What a socket needs on entering rooms: unread counts, who is online and
+        who is typing."""
+        counts = await self.store.unread(conn.user_id)
+        for room in rooms:
+            conn.offer({"type": "unread", "room": room, "count": counts.get(room, 0)})
+            for user in await self.store.online_in(room):
+                self._tell_presence(conn, user, True)
+            for user in await self.store.typists(room):
+                if user != conn.username:
+                    conn.offer({"type": "typing", "room": room, "user": user})
+
+    @staticmethod
+    def _tell_presence(conn: Connection, user: str, online: bool) -> None:
+        if conn.presence.get(user) != online:
+            conn.presence[user] = online
+            conn.offer({"type": "presence", "user": user, "online": online})
+
+    # -- rooms -----------------------------------------------------------------------
+
+    def _room_lock(self, room: str) -> asyncio.Lock:
+        return self._room_locks.setdefault(room, asyncio.Lock())
+
+    async def _subscribe(self, conn: Connection, room: str, after: int | None) -> None:
+        """Follow the room on this socket. The replica subscribes (and Redis confirms)
+        before the writer reads where the room is, so nothing falls in between."""
+        if room not in conn.rooms:
+            async with self._room_lock(room):
+                if room not in self._watched:
+                    await self.store.watch(room)
+                    self._watched.add(room)
+                conn.rooms.add(room)
+                self._by_room.setdefault(room, set()).add(conn)
+        conn.offer(_Start(room, after))
+
+    async def _unsubscribe(self, conn: Connection, room: str) -> None:
+        conn.rooms.discard(room)
+        conn.offer(_Stop(room))
+        followers = self._by_room.get(room, set())
+        followers.discard(conn)
+        if followers:
+            return
+        lock = self._room_lock(room)
+        async with lock:
+            if not self._by_room.get(room) and room in self._watched:
+                self._by_room.pop(room, None)
+                self._watched.discard(room)
+                with contextlib.suppress(StatelabError):
+                    await self.store.unwatch(room)
+        if not lock.locked() and room not in self._watched:
+            self._room_locks.pop(room, None)
+
+    # -- presence --------------------------------------------------------------------
+
+    async def _presence(self, user_id: int, username: str) -> None:
+        """Bring the store's view of this replica's users in line with the sockets
+        here, one user at a time, and announce a change of online status."""
+        lock = self._presence_locks.setdefault(user_id, asyncio.Lock())
+        changed = False
+        async with lock:
+            here = user_id in self._by_user
+            if here and user_id not in self._entered:
+                changed = await self.store.enter(user_id, username)
+                self._entered.add(user_id)
+            elif not here and user_id in self._entered:
+                self._entered.discard(user_id)
+                changed = await self.store.exit(user_id, username)
+        if not lock.locked() and user_id not in self._entered:
+            self._presence_locks.pop(user_id, None)
+        if changed:
+            await self._announce(user_id, username, here)
+
+    async def _announce(self, user_id: int, username: str, online: bool) -> None:
+        event = {"type": "presence", "user": username, "online": online}
+        try:
+            for room in await self.store.rooms_of(user_id):
+                await self.store.publish(room.id, event)
+        except StatelabError as exc:
+            log.warning("presence of %s not announced: %s", username, exc)
+
+    # -- ChatListener ----------------------------------------------------------------
+
+    async def room_event(self, room_id: str, event: Event) -> None:
+        followers = list(self._by_room.get(room_id, ()))
+        kind = event.get("type")
+        if kind == "message":
+            live = _Live(room_id, int(event["seq"]), event)
+            for conn in followers:
+                conn.offer(live)
+        elif kind == "typing":
+            for conn in followers:
+                if conn.username != event.get("user"):
+                    conn.offer(event)
+        elif kind == "presence":
+            for conn in followers:
+                self._tell_presence(conn, str(event["user"]), bool(event["online"]))
+
+    async def user_event(self, user_id: int, event: Event) -> None:
+        kind = event.get("type")
+        for conn in list(self._by_user.get(user_id, ())):
+            if kind == "close":
+                conn.close(CLOSE_LOGGED_OUT, "logged out on every device")
+            elif kind == "leave":
+                await self._unsubscribe(conn, str(event["room"]))
+            elif kind == "unread":
+                conn.offer(event)
+
+    async def resync(self) -> None:
+        for conns in list(self._by_user.values()):
+            for conn in list(conns):
+                for room in list(conn.rooms):
+                    conn.offer(_CatchUp(room))
+
+    async def gone(self, user_id: int, username: str) -> None:
+        if user_id in self._by_user:
+            return  # still here: our heartbeat puts them back
+        await self._announce(user_id, username, False)
+
+    async def close_user(self, user_id: Any) -> None:
+        """The ``on_logout_all`` hook: close the user's sockets on every replica."""
+        await self.user_event(int(user_id), {"type": "close"})
+        try:
+            await self.store.tell_elsewhere(int(user_id), {"type": "close"})
+        except StatelabError as exc:
+            log.warning("sockets of user %s on other replicas not closed: %s", user_id, exc)
+
+
+@asynccontextmanager
+async def running(app: FastAPI, stores: Stores) -> AsyncIterator[Hub]:
+    """The chat hub for the app's lifespan: started after the stores open, stopped
+    (sockets closed, subscriber and heartbeat ended) before they close."""
+    hub = Hub(stores.chat, stores.settings)
+    await hub.start()
+    app.state.chat_hub = hub
+    app.state.on_logout_all.append(hub.close_user)
+    try:
+        yield hub
+    finally:
+        with contextlib.suppress(ValueError):
+            app.state.on_logout_all.remove(hub.close_user)
+        await hub.stop()
+
+
+# ------------------------------------------------------------------------ WebSocket
+
+
+def same_origin(ws: WebSocket) -> bool:
+    """A browser always sends Origin: it must name the host the socket was opened on.
+    Clients that are not browsers send none and carry no ambient cookies to abuse."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    host = ws.headers.get("host", "")
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.lower()
+
+
+async def _admit(ws: WebSocket) -> Session | StatelabError:
+    if not same_origin(ws):
+        return Forbidden("cross-origin WebSocket refused: Origin must match Host")
+    if ws.app.state.draining:
+        return Unavailable("this replica is shutting down; connect to another one")
+    try:
+        caller = await resolve_caller(ws, ws.app.state.stores)
+    except Unavailable as exc:
+        return exc
+    if caller.session is None:
+        return NotAuthenticated("log in first: no valid session cookie or bearer token")
+    return caller.session
+
+
+async def _refuse(ws: WebSocket, exc: StatelabError) -> None:
+    """Refuse the handshake with a problem+json answer where the server can send
+    one (uvicorn can), or a close code."""
+    status, close_code = status_of(exc)
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+        await ws.send_denial_response(problem(status, exc.title, exc.detail, headers))
+    else:
+        await ws.close(close_code, exc.detail[:120])
+
+
+@router.websocket("/ws/chat")
+async def chat_socket(websocket: WebSocket) -> None:
+    """The chat WebSocket (protocol in this module's docstring)."""
+    admitted = await _admit(websocket)
+    if isinstance(admitted, StatelabError):
+        await _refuse(websocket, admitted)
+        return
+    hub: Hub = websocket.app.state.chat_hub
+    await websocket.accept()
+    await hub.serve(Connection(websocket, admitted, hub.store, hub.settings))
+
+
+# ----------------------------------------------------------------------------- REST
+
+
+class NewRoom(BaseModel):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+
+
+class RoomOut(BaseModel):
+    id: str
+    name: str
+
+
+class RoomInfo(BaseModel):
+    id: str
+    name: str
+    last_seq: int
+    unread: int
+
+
+class Rooms(BaseModel):
+    rooms: list[RoomInfo]
+
+
+class MessageOut(BaseModel):
+    room: str
+    seq: int
+    sender: str
+    text: str
+    client_msg_id: str
+    sent_at: str
+
+
+class Messages(BaseModel):
+    messages: list[MessageOut]
+
+
+class Unread(BaseModel):
+    rooms: dict[str, int]
+    total: int
+
+
+class Online(BaseModel):
+    users: list[str]
+
+
+@router.get("/api/chat/rooms")
+async def list_rooms(stores: StoresDep, user: UserDep) -> Rooms:
+    """The rooms the caller is a member of, with unread counts."""
+    counts = await stores.chat.unread(user.user_id)
+    rooms = await stores.chat.rooms_of(user.user_id)
+    return Rooms(
+        rooms=[
+            RoomInfo(id=r.id, name=r.name, last_seq=r.last_seq, unread=counts.get(r.id, 0))
+            for r in rooms
+        ]
+    )
+
+
+@router.post("/api/chat/rooms", status_code=201)
+async def create_room(body: NewRoom, stores: StoresDep, user: UserDep) -> RoomOut:
+    """A new room; the creator is its first member. Others join it by id."""
+    room = await stores.chat.create_room(body.name, user.user_id)
+    return RoomOut(id=room.id, name=room.name)
+
+
+@router.post("/api/chat/rooms/{room_id}/join")
+async def join_room(room_id: str, stores: StoresDep, user: UserDep) -> RoomOut:
+    """Become a member of a room by its id (the ``join`` frame does the same)."""
+    room = await stores.chat.join(room_id, user.user_id)
+    return RoomOut(id=room.id, name=room.name)
+
+
+@router.get("/api/chat/rooms/{room_id}/messages")
+async def room_messages(
+    room_id: str,
+    stores: StoresDep,
+    user: UserDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=CATCH_UP_PAGE)] = 50,
+) -> Messages:
+    """A room's history after ``after``, oldest first (members only)."""
+    await stores.chat.room(room_id, user.user_id)
+    history = await stores.chat.history(room_id, after, limit)
+    return Messages(messages=[MessageOut.model_validate(m.frame()) for m in history])
+
+
+@router.get("/api/chat/unread")
+async def unread(stores: StoresDep, user: UserDep) -> Unread:
+    counts = await stores.chat.unread(user.user_id)
+    return Unread(rooms=counts, total=sum(counts.values()))
+
+
+@router.get("/api/chat/online")
+async def online(stores: StoresDep, user: UserDep) -> Online:
+    """Who has a chat socket open on any replica (this replica only with ``memory``)."""
+    return Online(users=await stores.chat.online(200))

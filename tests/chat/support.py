@@ -1,0 +1,256 @@
+"""Real replicas (``statelab serve`` processes) and a real WebSocket chat client.
+
+Used by the chat tests and by ``python -m tests.chat.measure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.db.migrate import upgrade
+
+SECRET = "chat-test-secret-0123456789abcdef"
+PASSWORD = "correct horse battery"
+
+#: Settings every test replica gets: cheap password hashing, no drain pause, and
+#: short TTLs so expiry can be observed within a test.
+BASE_ENV = {
+    "STATELAB_SECRET_KEY": SECRET,
+    "STATELAB_ARGON2_TIME_COST": "1",
+    "STATELAB_ARGON2_MEMORY_KIB": "1024",
+    "STATELAB_DRAIN_SECONDS": "0",
+    "STATELAB_GRACEFUL_TIMEOUT_SECONDS": "5",
+    "STATELAB_CHAT_PRESENCE_TTL_SECONDS": "3",
+    "STATELAB_CHAT_TYPING_TTL_SECONDS": "1",
+    "STATELAB_CHAT_FRAMES_PER_SECOND": "100000",
+    "STATELAB_CHAT_FRAME_BURST": "100000",
+    "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
+    "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "100000",
+}
+
+_names = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    """A username nobody else in this run has."""
+    return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
+
+
+def sqlite_database(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{folder / 'shop.db'}"
+    upgrade(url)
+    return url
+
+
+class Replica(ManagedProcess):
+    """One ``statelab serve`` process on a free port."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        replica_id: str,
+        profile: str,
+        database_url: str,
+        redis_url: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.replica_id = replica_id
+        argv = [
+            sys.executable, "-m", "statelab", "serve",
+            "--profile", profile,
+            "--port", str(self.port),
+            "--replica-id", replica_id,
+            "--database-url", database_url,
+        ]  # fmt: skip
+        if redis_url is not None:
+            argv += ["--redis-url", redis_url]
+        environment = {
+            **os.environ,
+            **BASE_ENV,
+            "STATELAB_DATA_DIR": str(run_dir / f"data-{replica_id}"),
+            **(env or {}),
+        }
+        super().__init__(f"replica-{replica_id}", run_dir, argv, env=environment)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/chat"
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill9(self) -> None:
+        self.kill(signal.SIGKILL)
+        assert self._proc is not None
+        self._proc.wait(10)
+
+
+@dataclass
+class Login:
+    """What a client carries after logging in on one replica."""
+
+    user_id: int
+    username: str
+    headers: dict[str, str]  # Cookie or Authorization, for HTTP and the socket
+    csrf: dict[str, str]  # extra headers for cookie-authenticated writes
+
+
+async def login(replica: Replica, username: str, *, register: bool = True) -> Login:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
+        if register:
+            r = await http.post(
+                "/api/auth/register", json={"username": username, "password": PASSWORD}
+            )
+            assert r.status_code in (201, 409), r.text
+        r = await http.post("/api/auth/login", json={"username": username, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if "access_token" in body:
+            headers = {"Authorization": f"Bearer {body['access_token']}"}
+            return Login(body["user_id"], username, headers, {})
+        cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies.jar)
+        return Login(
+            body["user_id"], username, {"Cookie": cookie}, {"X-CSRF-Token": body["csrf_token"]}
+        )
+
+
+async def api(replica: Replica, who: Login, method: str, path: str, **kw: Any) -> httpx.Response:
+    headers = {**who.headers, **(who.csrf if method != "GET" else {})}
+    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
+        return await http.request(method, path, headers=headers, **kw)
+
+
+async def new_room(replica: Replica, who: Login, name: str = "pizza talk") -> str:
+    r = await api(replica, who, "POST", "/api/chat/rooms", json={"name": name})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+@dataclass
+class ChatClient:
+    """A WebSocket client that records every frame it receives, with arrival times."""
+
+    ws: ClientConnection
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+    close_code: int | None = None
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, replica: Replica, who: Login | None, origin: str | None = None, **kw: Any
+    ) -> ChatClient:
+        headers = dict(who.headers) if who is not None else {}
+        if origin is not None:
+            headers["Origin"] = origin
+        ws = await connect(replica.ws_url, additional_headers=headers, open_timeout=10, **kw)
+        client = cls(ws)
+        client._task = asyncio.create_task(client._read())
+        return client
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.frames.append(json.loads(raw))
+                self.arrived.append(time.monotonic())
+                self._event.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code if self.ws.close_code is not None else 1006
+            self._event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    def mark(self) -> int:
+        return len(self.frames)
+
+    async def wait(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0, since: int = 0
+    ) -> dict[str, Any]:
+        """The first frame (from index ``since``) matching ``pred``; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        scanned = since
+        while True:
+            self._event.clear()
+            for frame in self.frames[scanned:]:
+                if pred(frame):
+                    return frame
+            scanned = max(scanned, len(self.frames))
+            remaining = deadline - time.monotonic()
+            if self.closed or remaining <= 0:
+                raise AssertionError(
+                    f"no matching frame (closed={self.close_code}); last: {self.frames[-5:]}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+
+    async def wait_closed(self, timeout: float = 10.0) -> int:
+        assert self._task is not None
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        assert self.close_code is not None
+        return self.close_code
+
+    def of(self, kind: str, room: str | None = None) -> list[dict[str, Any]]:
+        return [
+            f for f in self.frames if f["type"] == kind and (room is None or f.get("room") == room)
+        ]
+
+    def seqs(self, room: str) -> list[int]:
+        return [int(f["seq"]) for f in self.of("message", room)]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+
+
+def is_type(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    """A predicate: a frame of this type whose given fields have these values."""
+    return lambda f: f["type"] == kind and all(f.get(k) == v for k, v in fields.items())
+
+
+async def wait_until(check: Callable[[], Any], timeout: float, step: float = 0.1) -> float:
+    """Poll an async or plain check until truthy; returns the seconds it took."""
+    started = time.monotonic()
+    for _ in range(int(timeout / step) + 1):
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")
