@@ -18,6 +18,15 @@ from statelab.domain.shop import CartLimits
 from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts
 from statelab.state.chat import ChatLimits, ChatStore, MemoryChat, RedisChat
 from statelab.state.errors import store_guard
+from statelab.state.files import (
+    Blobs,
+    DiskFiles,
+    FileStore,
+    ObjectFiles,
+    default_object_store_url,
+    object_store,
+)
+from statelab.state.jobs import JobQueue, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from statelab.state.session import (
@@ -44,6 +53,8 @@ class Stores:
     ledger: Ledger
     ratelimit: RateLimiter
     chat: ChatStore
+    files: FileStore
+    jobs: JobQueue
 
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
@@ -132,6 +143,13 @@ def _chat_store(
     return RedisChat(redis, db, limits, settings.replica_id)
 
 
+def _file_store(settings: Settings, db: async_sessionmaker[AsyncSession]) -> FileStore:
+    if settings.placement("files") == "disk":
+        return DiskFiles(settings.data_dir / "files")
+    url = settings.object_store_url or default_object_store_url(settings.data_dir)
+    return ObjectFiles(Blobs(object_store(url)), db)
+
+
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Build the stores for the settings' placements; close their connections after."""
@@ -144,6 +162,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     ledger: Ledger = (
         MemoryLedger() if settings.placement("ledger") == "memory" else SqlLedger(db_sessions)
     )
+    jobs = open_jobs(settings)
     try:
         yield Stores(
             settings=settings,
@@ -155,8 +174,11 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             ledger=ledger,
             ratelimit=_rate_limiter(settings, redis),
             chat=_chat_store(settings, redis, db_sessions),
+            files=_file_store(settings, db_sessions),
+            jobs=jobs,
         )
     finally:
+        await jobs.close()
         if redis is not None:
             await redis.aclose()
         await engine.dispose()

@@ -53,6 +53,9 @@ SNIFF_BYTES = 12
 MAX_FILENAME = 200
 #: Chunk size when streaming an object back to a client.
 READ_CHUNK = 256 * 1024
+#: Multipart part sizes: S3's minimum, and a smaller one for local folders.
+S3_PART_BYTES = 5 * 1024 * 1024
+LOCAL_PART_BYTES = 1024 * 1024
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -200,10 +203,11 @@ def _object_guard() -> Iterator[None]:
 class Blobs:
     """Bytes under random keys in one object store, always streamed."""
 
-    def __init__(self, store: ObjectStore, *, part_size: int) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         self._store = store
-        # Multipart parts are buffered whole; two in flight bound an upload's memory.
-        self._part_size = part_size
+        # A multipart part is buffered whole before it is sent, one at a time: an
+        # upload holds at most one part in memory. S3 parts must be 5 MiB or more.
+        self._part_size = S3_PART_BYTES if isinstance(store, S3Store) else LOCAL_PART_BYTES
 
     async def put(self, chunks: AsyncIterable[bytes]) -> tuple[str, int]:
         """Write a new object atomically; returns its key and size."""
@@ -223,7 +227,7 @@ class Blobs:
                 counted(),
                 mode="create",
                 chunk_size=self._part_size,
-                max_concurrency=2,
+                max_concurrency=1,
             )
         return key, size
 
@@ -366,12 +370,12 @@ class DiskFiles:
 
     name = "disk"
 
-    def __init__(self, root: Path, *, part_size: int) -> None:
+    def __init__(self, root: Path) -> None:
         self._meta = root / "meta"
         self._meta.mkdir(parents=True, exist_ok=True)
         objects = root / "objects"
         objects.mkdir(parents=True, exist_ok=True)
-        self._blobs = Blobs(LocalStore(objects), part_size=part_size)
+        self._blobs = Blobs(LocalStore(objects))
         # One replica process: a lock makes "check, then write" atomic for it.
         self._lock = asyncio.Lock()
 

@@ -185,7 +185,13 @@ class QueueJobs:
             )
 
     async def close(self) -> None:
-        await self.queue.disconnect()
+        try:
+            await asyncio.wait_for(self.queue.disconnect(), timeout=2.0)
+        except (Exception, TimeoutError):
+            # saq unsubscribes before closing, which fails with Redis down: close anyway.
+            log.debug("job queue disconnect failed; closing its client", exc_info=True)
+            await self.queue.redis.aclose()
+            await self.queue.redis.connection_pool.disconnect()
 
 
 def open_jobs(settings: Settings) -> JobQueue:
