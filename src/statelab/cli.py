@@ -137,6 +137,29 @@ def migrate(database_url: DatabaseOpt = None) -> None:
     typer.echo(f"database at revision {revision}")
 
 
+@app.command()
+def worker(
+    worker_id: Annotated[str, typer.Option(envvar="STATELAB_WORKER_ID")] = "w1",
+    profile: ProfileOpt = None,
+    redis_url: RedisOpt = None,
+    database_url: DatabaseOpt = None,
+    place: PlaceOpt = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+) -> None:
+    """Run one job-queue worker (jobs=queue) until SIGTERM; logs go to stderr."""
+    from statelab.db.migrate import NotMigrated
+    from statelab.worker import run_worker
+
+    _logging()
+    settings = _settings(
+        profile=profile, redis_url=redis_url, database_url=database_url, place=place
+    )
+    try:
+        run_worker(settings, worker_id, concurrency)
+    except (NotMigrated, ConfigError) as exc:
+        raise fail(str(exc)) from exc
+
+
 # -- the cluster: `statelab up` and `statelab cluster ...` ------------------------------
 
 RunDirOpt = Annotated[
