@@ -1,0 +1,131 @@
+"""The generated HAProxy config, its runtime API, and how replica states are read."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from statelab.cluster.haproxy import (
+    HAProxyServer,
+    LoadBalancerConfig,
+    RuntimeAPI,
+    ServerStat,
+    render_config,
+)
+from statelab.cluster.servers import ManagedProcess, find_binary, free_port
+from statelab.cluster.supervisor import Replica, replica_state
+
+
+def config(tmp_path: Path, sticky: bool, **servers: int) -> LoadBalancerConfig:
+    return LoadBalancerConfig(
+        port=free_port(), socket_path=tmp_path / "h.sock", sticky=sticky, servers=servers, slots=4
+    )
+
+
+@pytest.mark.parametrize("sticky", [False, True])
+def test_the_generated_config_is_valid(tmp_path: Path, sticky: bool) -> None:
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(render_config(config(tmp_path, sticky, r1=8001, r2=8002)))
+    check = subprocess.run(
+        [find_binary("haproxy", "haproxy"), "-c", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_sticky_only_for_the_stateful_shape(tmp_path: Path) -> None:
+    sticky = render_config(config(tmp_path, True, r1=8001))
+    plain = render_config(config(tmp_path, False, r1=8001))
+    assert "cookie SERVERID insert indirect nocache" in sticky
+    assert "server r1 127.0.0.1:8001 cookie r1" in sticky
+    assert "cookie" not in plain.replace("# ", "")
+    for text in (sticky, plain):
+        assert "balance roundrobin" in text
+        assert "http-check send meth GET uri /readyz" in text
+        assert "inter 500ms" in text and "fall 2 rise 2" in text
+        assert "http-request disable-l7-retry if !idempotent !has_idempotency_key" in text
+        assert "timeout tunnel" in text and "option forwardfor" in text
+        assert "server r4 127.0.0.1:9" in text and text.count(" disabled") == 3
+
+
+def test_replica_ids_must_fit_the_slots(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="r9"):
+        render_config(config(tmp_path, False, r9=8009))
+
+
+def test_a_slot_is_filled_at_runtime_and_takes_traffic(tmp_path: Path) -> None:
+    backend_port = free_port()
+    backend = ManagedProcess(
+        "backend",
+        tmp_path,
+        ["python3", "-m", "http.server", str(backend_port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+    )
+    # The check asks for /readyz: give the static file server one.
+    (tmp_path / "readyz").write_text("ok")
+    cfg = config(tmp_path, True, r1=free_port())  # r1 points at nothing: DOWN
+    with backend, HAProxyServer(tmp_path, cfg) as lb:
+        api = RuntimeAPI(cfg.socket_path)
+        assert api.show_stat()["r2"].status == "MAINT"
+        api.set_address("r2", backend_port)
+        api.set_state("r2", "ready")
+        deadline = time.monotonic() + 5
+        while api.show_stat()["r2"].status != "UP":
+            assert time.monotonic() < deadline, api.show_stat()
+            time.sleep(0.05)
+        r = httpx.get(lb.url + "/readyz")
+        assert r.status_code == 200
+        assert "SERVERID=r2" in r.headers["set-cookie"]
+        api.set_state("r2", "drain")
+        assert api.show_stat()["r2"].admin == "drain"
+
+
+def stat(status: str, sessions: int = 0) -> ServerStat:
+    return ServerStat(
+        name="r1",
+        status=status,
+        sessions=sessions,
+        total=0,
+        requests=0,
+        check_status="",
+        last_change_s=0,
+        failed_checks=0,
+        retries=0,
+        redispatches=0,
+    )
+
+
+class FakeReplica(Replica):
+    def __init__(self, alive: bool, seen_up: bool) -> None:
+        super().__init__("r1", 1, Path("/nonexistent"), ["true"], {})
+        self._alive = alive
+        self.seen_up = seen_up
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+
+@pytest.mark.parametrize(
+    ("status", "alive", "seen_up", "expected"),
+    [
+        ("UP", True, True, "up"),
+        ("UP 1/2", False, True, "up"),  # killed, HAProxy has not noticed yet
+        ("DOWN", False, True, "down"),
+        ("DOWN", True, False, "starting"),
+        ("DOWN 1/2", True, False, "starting"),
+        ("DOWN", True, True, "down"),  # alive but failing its checks
+        ("DRAIN", True, True, "draining"),
+        ("MAINT", True, True, "down"),
+    ],
+)
+def test_replica_state_is_haproxys_view(
+    status: str, alive: bool, seen_up: bool, expected: str
+) -> None:
+    assert replica_state(FakeReplica(alive, seen_up), stat(status)) == expected
