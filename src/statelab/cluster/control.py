@@ -30,6 +30,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from statelab.cluster import dashboard
 from statelab.cluster.servers import LOOPBACK, PortInUse, ServerError
 from statelab.cluster.supervisor import Cluster, ClusterError, read_state
 
@@ -41,6 +42,7 @@ def create_control_app(cluster: Cluster) -> FastAPI:
     app = FastAPI(title="statelab control", docs_url=None, redoc_url=None)
     app.state.cluster = cluster
     app.include_router(router)
+    dashboard.install(app)  # GET / is the lab dashboard
     app.add_exception_handler(ClusterError, _cluster_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServerError, _server_error)  # type: ignore[arg-type]
     return app

@@ -244,3 +244,21 @@ def install(app: FastAPI) -> None:
     """Add the pages and their static files (``/static``) to a replica's app."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@router.get("/chat")
+async def chat_page(
+    request: Request, stores: StoresDep, caller: CallerDep, room: str | None = None
+) -> Response:
+    """Rooms, online list, typing and unread counts; the socket is opened by chat.js."""
+    if caller.session is None:
+        return _login_first(request)
+    return await _render(
+        request,
+        stores,
+        caller,
+        "chat",
+        "chat.html",
+        room=room if room and len(room) <= 32 else None,
+        max_chars=stores.settings.max_message_chars,
+    )
