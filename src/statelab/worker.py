@@ -3,7 +3,7 @@
 Jobs (``perform_job`` runs one, in a replica for ``jobs=inprocess`` or in
 ``statelab worker`` for ``jobs=queue``):
 
-- ``receipt`` (payload ``{"order": <order body>, "owner_id": N}``): renders the
+- ``receipt`` (payload ``{"order": <order body>, "owner_id": <buyer>}``): renders the
   order's receipt, stores it as a file of the buyer and attaches it to the order
   (``Ledger.set_receipt``).
 - ``thumbnail`` (payload ``{"file_id": ID}``): makes a thumbnail of an uploaded
@@ -102,7 +102,10 @@ async def make_receipt(stores: Stores, payload: dict[str, Any]) -> bool:
         purpose=RECEIPT,
         # The SQL row may point at the order only when the order is in SQL too.
         order_id=order_id if stores.ledger.name == "db" else None,
-        file_id=derived_id(stores.settings.secret_key, RECEIPT, str(order_id)),
+        # The creation time tells apart orders of databases reset under one store.
+        file_id=derived_id(
+            stores.settings.secret_key, RECEIPT, f"{order_id}:{order.get('created_at', '')}"
+        ),
     )
     info = await stores.files.create(new, _once(render_receipt(order).encode()))
     await _hold(stores.settings, f"receipt of order {order_id}")

@@ -43,7 +43,7 @@ QUEUE_FUNCTION = "perform"
 #: delays the redelivery.
 SWEEP_ABORT_WAIT = 0.5
 
-Runner = Callable[[str, dict[str, Any]], Awaitable[None]]
+Runner = Callable[[str, dict[str, Any]], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,8 +12,9 @@ from starlette.responses import Response
 
 from statelab.config import Settings
 from statelab.state import open_stores
-from statelab.web import auth, chat, ops, pages, problems, shop
+from statelab.web import auth, chat, files, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
+from statelab.worker import perform_job
 
 Hook = Callable[[Any], Awaitable[None]]
 
@@ -24,6 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_stores(settings) as stores:
             app.state.stores = stores
+            stores.jobs.attach(partial(perform_job, stores))  # where jobs=inprocess runs them
             app.state.draining = False
             async with chat.running(app, stores):  # sockets' hub, subscriber, heartbeat
                 yield
@@ -38,11 +41,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False
     app.state.on_order = []  # async hooks run after a paid order (receipt jobs)
     app.state.on_logout_all = []  # async hooks run after logout-all (closing sockets)
+    app.state.on_order.append(files.receipt_hook(app))
     metrics = Metrics(settings.replica_id)
     app.state.metrics = metrics
     problems.install(app)
     app.add_exception_handler(BodyTooLarge, _too_large)
-    for router in (auth.router, shop.router, ops.router, chat.router):
+    for router in (auth.router, shop.router, ops.router, chat.router, files.router):
         app.include_router(router)
     pages.install(app)  # the browser pages and /static
     app.add_middleware(
@@ -50,8 +54,9 @@ def create_app(settings: Settings) -> FastAPI:
         replica_id=settings.replica_id,
         metrics=metrics,
         max_body=settings.max_body_bytes,
-        raw_prefixes=(("/api/files", settings.max_upload_bytes),),
+        raw_prefixes=(("/api/files", settings.max_upload_bytes + files.MULTIPART_OVERHEAD),),
     )
+    app.add_middleware(files.RequestScope)  # lets the receipt hook see who is paying
     return app
 
 
