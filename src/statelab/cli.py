@@ -94,13 +94,60 @@ def serve(
 
 
 @app.command()
-def demo() -> None:
-    """Play Alice's journey across two replicas in the stateless and stateful profiles."""
-    from statelab.lab.journey import run
-    from statelab.lab.report import print_journey
+def demo(
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated scenario names.")] = None,
+    profiles: Annotated[str | None, typer.Option(help="Comma-separated profiles.")] = None,
+    json_path: Annotated[
+        Path, typer.Option("--json", help="Where to write the JSON report.")
+    ] = Path("report.json"),
+    html_path: Annotated[
+        Path, typer.Option("--html", help="Where to write the HTML report.")
+    ] = Path("report.html"),
+    quick: Annotated[bool, typer.Option(help="Smaller workloads (about two minutes).")] = False,
+) -> None:
+    """Run the lab: every scenario in every profile, verdicts per claim, reports."""
+    from statelab.lab.demo import UnknownName, run_demo
+    from statelab.lab.report import print_report, write_reports
 
     _logging("WARNING")
-    print_journey(run())
+    try:
+        report = run_demo(_names(scenarios), _names(profiles), quick=quick)
+    except UnknownName as exc:
+        raise fail(str(exc)) from exc
+    print_report(report)
+    write_reports(report, json_path, html_path)
+    typer.echo(f"reports: {json_path} {html_path}")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help="pizza, atm, sticky-skew, ...")],
+    profile: ProfileOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json")] = None,
+    quick: Annotated[bool, typer.Option(help="A smaller workload.")] = False,
+) -> None:
+    """Run one scenario in one profile and print what it measured."""
+    from statelab.lab.demo import UnknownName, run_demo
+    from statelab.lab.report import print_report, write_reports
+
+    _logging("WARNING")
+    profiles = [profile.value] if profile else None
+    try:
+        report = run_demo([name], profiles, quick=quick)
+    except UnknownName as exc:
+        raise fail(str(exc)) from exc
+    print_report(report)
+    for result in report.results:
+        typer.echo(json.dumps({"profile": result.profile, **result.metrics}, default=str))
+    write_reports(report, json_path, None)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 @app.command()

@@ -1,1 +1,3 @@
-"""The lab: plays journeys against the shop as a client would, and reports."""
+"""The lab: plays the classic journeys against a deployment as a client would,
+breaks it on purpose, checks invariants and reports what each placement costs
+and loses."""

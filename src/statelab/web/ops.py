@@ -12,6 +12,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.responses import Response
@@ -50,6 +51,8 @@ class Metrics:
 
     def __init__(self, replica_id: str) -> None:
         self.registry = CollectorRegistry()
+        # Resident memory and CPU of this replica: the lab's memory scenario reads them.
+        ProcessCollector(registry=self.registry)
         self.replica = replica_id
         self.requests = Counter(
             "statelab_requests",
