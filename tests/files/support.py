@@ -1,0 +1,272 @@
+"""Helpers for the upload and job tests: images, multipart bodies, in-process
+replicas of one deployment, and real ``statelab serve`` / ``statelab worker``
+processes.
+
+Used by ``tests/files``, ``tests/jobs`` and ``python -m tests.files.measure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.config import build_settings
+from statelab.db.migrate import upgrade
+from statelab.web.app import create_app
+
+SECRET = "files-test-secret-0123456789abcdef"
+PASSWORD = "correct horse battery"
+
+#: Settings every test process gets: cheap password hashing, no drain pause,
+#: fast job recovery.
+BASE_ENV = {
+    "STATELAB_SECRET_KEY": SECRET,
+    "STATELAB_ARGON2_TIME_COST": "1",
+    "STATELAB_ARGON2_MEMORY_KIB": "1024",
+    "STATELAB_DRAIN_SECONDS": "0",
+    "STATELAB_GRACEFUL_TIMEOUT_SECONDS": "5",
+    "STATELAB_JOB_HEARTBEAT_SECONDS": "2",
+    "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
+    "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "100000",
+}
+
+_names = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    """A username nobody else in this run has."""
+    return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
+
+
+def sqlite_database(folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{folder / 'shop.db'}"
+    upgrade(url)
+    return url
+
+
+# ------------------------------------------------------------------------ images
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A real image in ``fmt`` (PNG, JPEG, WEBP), with some detail to compress."""
+    img = Image.new("RGB", size, (30, 120, 200))
+    for x in range(0, size[0], 16):
+        img.paste((x % 255, 80, 160), (x, 0, x + 8, size[1]))
+    out = io.BytesIO()
+    img.save(out, fmt)
+    return out.getvalue()
+
+
+def multipart(
+    filename: str, chunks: list[bytes] | AsyncIterator[bytes], content_type: str = "image/png"
+) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+    """A streamed ``multipart/form-data`` body with one ``file`` part: (headers, body)."""
+    boundary = secrets.token_hex(12)
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        if isinstance(chunks, list):
+            for chunk in chunks:
+                yield chunk
+        else:
+            async for chunk in chunks:
+                yield chunk
+        yield tail
+
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, body()
+
+
+async def repeated(block: bytes, total: int) -> AsyncIterator[bytes]:
+    """``total`` bytes made of ``block`` repeated, produced as they are sent."""
+    sent = 0
+    while sent < total:
+        piece = block[: total - sent]
+        sent += len(piece)
+        yield piece
+
+
+# --------------------------------------------------------------------- accounts
+
+
+async def login(client: httpx.AsyncClient, username: str) -> dict[str, str]:
+    """Register and log in; returns the headers for authenticated writes."""
+    body = {"username": username, "password": PASSWORD}
+    r = await client.post("/api/auth/register", json=body)
+    assert r.status_code in (201, 409), r.text
+    r = await client.post("/api/auth/login", json=body)
+    assert r.status_code == 200, r.text
+    return {"X-CSRF-Token": r.json()["csrf_token"]}
+
+
+def share_login(source: httpx.AsyncClient, target: httpx.AsyncClient) -> None:
+    """Carry the session cookie to another replica, as a load balancer would."""
+    for cookie in source.cookies.jar:
+        target.cookies.set(cookie.name, cookie.value)
+
+
+async def paid_order(client: httpx.AsyncClient, headers: dict[str, str], tag: str) -> int:
+    """Top up, fill the cart and check out; returns the order id."""
+    r = await client.post(
+        "/api/account/top-up",
+        json={"amount_cents": 10_000},
+        headers={**headers, "Idempotency-Key": f"top-{tag}"},
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post("/api/cart/items", json={"item_id": 1, "quantity": 2}, headers=headers)
+    assert r.status_code == 200, r.text
+    r = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": f"pay-{tag}"})
+    assert r.status_code == 201, r.text
+    order_id: int = r.json()["id"]
+    return order_id
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float, every: float = 0.1
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {probe}")
+        await asyncio.sleep(every)
+
+
+# ------------------------------------------------------- in-process replicas
+
+
+class Deployment:
+    """In-process replicas of one deployment: one SQLite database, one Redis, one
+    object-store root, and a data folder per replica."""
+
+    def __init__(
+        self, stack: AsyncExitStack, root: Path, redis_url: str, database_url: str
+    ) -> None:
+        self._stack = stack
+        self.root = root
+        self.database_url = database_url
+        self.base: dict[str, Any] = {
+            "redis_url": redis_url,
+            "database_url": database_url,
+            "secret_key": SECRET,
+            "object_store_url": (root / "objects").as_uri(),
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "job_heartbeat_seconds": 2,
+        }
+
+    async def replica(
+        self, replica_id: str, profile: str = "stateless", **overrides: Any
+    ) -> httpx.AsyncClient:
+        """A new replica and a client talking to it."""
+        settings = build_settings(
+            **{
+                **self.base,
+                "profile": profile,
+                "replica_id": replica_id,
+                "data_dir": self.root / replica_id,
+                **overrides,
+            }
+        )
+        app = create_app(settings)
+        await self._stack.enter_async_context(app.router.lifespan_context(app))
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        )
+        client.app = app  # type: ignore[attr-defined]
+        return await self._stack.enter_async_context(client)
+
+
+# ------------------------------------------------------------------ processes
+
+
+def statelab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "statelab", *args]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, **BASE_ENV, **extra}
+
+
+def log_has(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def worker_process(
+    run_dir: Path, worker_id: str, redis_url: str, database_url: str, **extra_env: str
+) -> ManagedProcess:
+    """``statelab worker`` as a supervisor would start it; ready at its log line."""
+    log = run_dir.resolve() / "logs" / f"{worker_id}.log"  # where ManagedProcess logs
+    return ManagedProcess(
+        worker_id,
+        run_dir,
+        statelab(
+            "worker",
+            "--worker-id",
+            worker_id,
+            "--redis-url",
+            redis_url,
+            "--database-url",
+            database_url,
+        ),
+        env=env(STATELAB_DATA_DIR=str(run_dir / worker_id), **extra_env),
+        ready=lambda: log_has(log, f"worker {worker_id} ready"),
+    )
+
+
+def replica_process(
+    run_dir: Path,
+    replica_id: str,
+    redis_url: str,
+    database_url: str,
+    *place: str,
+    profile: str = "stateless",
+    **extra_env: str,
+) -> tuple[ManagedProcess, str]:
+    """``statelab serve`` on a free port; ready when ``/readyz`` answers 200."""
+    port = free_port()
+    argv = ["serve", "--profile", profile, "--port", str(port), "--replica-id", replica_id]
+    argv += ["--redis-url", redis_url, "--database-url", database_url]
+    for p in place:
+        argv += ["--place", p]
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    process = ManagedProcess(
+        replica_id,
+        run_dir,
+        statelab(*argv),
+        env=env(STATELAB_DATA_DIR=str(run_dir / replica_id), **extra_env),
+        ready=ready,
+    )
+    return process, url
