@@ -159,6 +159,7 @@ class ChatClient:
     frames: list[dict[str, Any]] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)
     close_code: int | None = None
+    acks: list[str] = field(default_factory=list)  # client_msg_ids acked, in order
     _event: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -177,7 +178,10 @@ class ChatClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                self.frames.append(json.loads(raw))
+                frame = json.loads(raw)
+                self.frames.append(frame)
+                if frame["type"] == "ack":
+                    self.acks.append(frame["client_msg_id"])
                 self.arrived.append(time.monotonic())
                 self._event.set()
         except ConnectionClosed:
