@@ -230,6 +230,9 @@ def up(
     run_dir: RunDirOpt = Path("run"),
     self_heal: Annotated[bool, typer.Option(help="Restart replicas that die.")] = False,
     fresh: Annotated[bool, typer.Option(help="Wipe data left by a previous run.")] = False,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Job workers [default: 1 if jobs=queue, else 0].")
+    ] = None,
 ) -> None:
     """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C."""
     from statelab.cluster.servers import ServerError
@@ -247,6 +250,7 @@ def up(
             run_dir=run_dir,
             self_heal=self_heal,
             fresh=fresh,
+            workers=workers,
         )
         if database not in ("sqlite", "postgres", "postgresql"):
             database_url_async(database)

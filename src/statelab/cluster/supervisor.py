@@ -64,6 +64,7 @@ __all__ = [
     "ClusterOptions",
     "EventLog",
     "Replica",
+    "Worker",
     "run_cluster",
 ]
 
@@ -100,6 +101,7 @@ class ClusterOptions:
     fresh: bool = False  # wipe the data a previous run left in run_dir
     slots: int = 16  # most replicas the load balancer can take without a restart
     replica_env: dict[str, str] = field(default_factory=dict)  # extra STATELAB_* settings
+    workers: int | None = None  # default: 1 when jobs go to the queue, else 0
     ready_timeout: float = 30.0
 
     @property
@@ -115,9 +117,17 @@ class ClusterOptions:
         # Sticky routing is what makes in-memory sessions usable at all.
         return self.placements["session"] == "memory"
 
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.placements["jobs"] == "queue" else 0
+
     def check(self) -> None:
         if not 1 <= self.replicas <= self.slots:
             raise ClusterError(f"--replicas must be between 1 and {self.slots}", 400)
+        if self.worker_count and self.placements["jobs"] != "queue":
+            raise ClusterError("workers only have work with jobs=queue", 400)
 
 
 class EventLog:
@@ -162,24 +172,45 @@ def http_ok(port: int, path: str = "/readyz", timeout: float = 1.0) -> bool:
         conn.close()
 
 
-class Replica(ManagedProcess):
+class Member(ManagedProcess):
+    """A process of the service itself (replica or worker): killable, restartable."""
+
+    def __init__(self, name: str, run_dir: Path, argv: list[str], env: dict[str, str]):
+        super().__init__(name, run_dir, argv, env=env)
+        self.wanted = True  # should be running: self-heal restarts it if it dies
+        self.exit_reported = False
+        self.lock = asyncio.Lock()  # one lifecycle change at a time
+
+    def start(self) -> None:
+        super().start()
+        self.exit_reported = False
+
+
+class Replica(Member):
     """One ``statelab serve`` process; ready when its ``/readyz`` answers 200."""
 
     def __init__(self, rid: str, port: int, run_dir: Path, argv: list[str], env: dict[str, str]):
-        super().__init__(rid, run_dir, argv, env=env)
+        super().__init__(rid, run_dir, argv, env)
         self.port = port
-        self.wanted = True  # should be running: self-heal restarts it if it dies
-        self.exit_reported = False
         self.seen_up = False  # HAProxy has seen it UP since its last start
-        self.lock = asyncio.Lock()  # one lifecycle change at a time
 
     def is_ready(self) -> bool:
         return http_ok(self.port)
 
     def start(self) -> None:
         super().start()
-        self.exit_reported = False
         self.seen_up = False
+
+
+class Worker(Member):
+    """One ``statelab worker`` process. It serves no port: ready once it has stayed
+    up long enough to have connected (a bad setting makes it exit at once)."""
+
+    SETTLE_SECONDS = 1.0
+
+    def is_ready(self) -> bool:
+        started = self.started_at or time.monotonic()
+        return self.alive and time.monotonic() - started >= self.SETTLE_SECONDS
 
 
 def _start_time(pid: int) -> int | None:
@@ -215,7 +246,7 @@ class Cluster:
         self.postgres: PostgresServer | None = None
         self.database_url = ""
         self.replicas: dict[str, Replica] = {}
-        self.workers: list[ManagedProcess] = []
+        self.workers: dict[str, Worker] = {}
         self.haproxy: HAProxyServer | None = None
         self.secret = ""
         self.started_at = time.time()
@@ -254,7 +285,10 @@ class Cluster:
         await self._migrate()
         for i in range(1, opts.replicas + 1):
             self._new_replica(f"r{i}")
-        await asyncio.gather(*(self._launch(r) for r in self.replicas.values()))
+        for i in range(1, opts.worker_count + 1):
+            self._new_worker(f"w{i}")
+        members = [*self.replicas.values(), *self.workers.values()]
+        await asyncio.gather(*(self._launch(m) for m in members))
         self.haproxy = HAProxyServer(self.run_dir, self._lb_config())
         await self._launch(self.haproxy)
         self.save_state()
@@ -271,9 +305,10 @@ class Cluster:
         self.events.emit("cluster.stopping")
         if self.haproxy is not None:
             await asyncio.to_thread(self.haproxy.stop)
-        for group in (self.workers, list(self.replicas.values())):
-            # Replicas drain in parallel: shutdown costs one drain period, not N.
-            await asyncio.gather(*(asyncio.to_thread(p.stop, 20.0) for p in group))
+        # Replicas and workers started together and stop together, in parallel:
+        # shutdown costs one drain period, not one per process.
+        members = [*self.workers.values(), *self.replicas.values()]
+        await asyncio.gather(*(asyncio.to_thread(m.stop, 20.0) for m in members))
         for server in (self.postgres, self.redis):
             if server is not None:
                 await asyncio.to_thread(server.stop)
@@ -337,33 +372,44 @@ class Cluster:
 
     def _new_replica(self, rid: str) -> Replica:
         port = free_port()
-        opts = self.options
         argv = [
             *statelab_command(),
             "serve",
-            "--profile", opts.profile.value,
             "--port", str(port),
             "--replica-id", rid,
             "--host", LOOPBACK,
-            "--database-url", self.database_url,
+            *self._shared_options(),
         ]  # fmt: skip
+        replica = Replica(rid, port, self.run_dir, argv, self._member_env("replicas", rid))
+        self.replicas[rid] = replica
+        return replica
+
+    def _new_worker(self, wid: str) -> Worker:
+        argv = [*statelab_command(), "worker", "--worker-id", wid, *self._shared_options()]
+        worker = Worker(wid, self.run_dir, argv, self._member_env("workers", wid))
+        self.workers[wid] = worker
+        return worker
+
+    def _shared_options(self) -> list[str]:
+        """What every replica and worker is told: the same profile and stores."""
+        argv = ["--profile", self.options.profile.value, "--database-url", self.database_url]
         if self.redis is not None:
             argv += ["--redis-url", self.redis.url]
-        for kind, placement in opts.place.items():
+        for kind, placement in self.options.place.items():
             argv += ["--place", f"{kind}={placement}"]
-        env = {
+        return argv
+
+    def _member_env(self, kind: str, name: str) -> dict[str, str]:
+        return {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "STATELAB_SECRET_KEY": self.secret,
-            "STATELAB_DATA_DIR": str(self.run_dir / "replicas" / rid),
+            "STATELAB_DATA_DIR": str(self.run_dir / kind / name),
             "STATELAB_OBJECT_STORE_URL": os.environ.get(
                 "STATELAB_OBJECT_STORE_URL", (self.run_dir / "objects").as_uri()
             ),
-            **opts.replica_env,
+            **self.options.replica_env,
         }
-        replica = Replica(rid, port, self.run_dir, argv, env)
-        self.replicas[rid] = replica
-        return replica
 
     def replica(self, rid: str) -> Replica:
         try:
@@ -371,6 +417,12 @@ class Cluster:
         except KeyError:
             known = ", ".join(self.replicas) or "none"
             raise ClusterError(f"no replica {rid!r} (replicas: {known})", 404) from None
+
+    def member(self, name: str) -> Member:
+        """A replica or a worker, by id."""
+        if name in self.workers:
+            return self.workers[name]
+        return self.replica(name)
 
     def _lb_config(self) -> LoadBalancerConfig:
         return LoadBalancerConfig(
@@ -387,25 +439,31 @@ class Cluster:
         return self.haproxy
 
     async def kill(self, rid: str, sig: signal.Signals = signal.SIGKILL) -> dict[str, Any]:
-        """Send ``sig`` to a replica: SIGKILL is a crash, SIGTERM a graceful shutdown."""
-        replica = self.replica(rid)
-        if not replica.alive:
+        """Send ``sig`` to a replica or worker: SIGKILL is a crash, SIGTERM a graceful
+        shutdown."""
+        member = self.member(rid)
+        if not member.alive:
             raise ClusterError(f"{rid} is not running")
-        self.events.emit("replica.kill", target=rid, pid=replica.pid, signal=sig.name)
-        replica.kill(sig)
-        return {"id": rid, "pid": replica.pid, "signal": sig.name}
+        event = "replica.kill" if isinstance(member, Replica) else "worker.kill"
+        self.events.emit(event, target=rid, pid=member.pid, signal=sig.name)
+        member.kill(sig)
+        return {"id": rid, "pid": member.pid, "signal": sig.name}
 
     async def start_replica(self, rid: str, reason: str = "request") -> dict[str, Any]:
-        """Start a replica that is down (same port) and put it back in rotation."""
-        replica = self.replica(rid)
-        async with replica.lock:
-            replica.wanted = True
-            if not replica.alive:
-                replica.stop()  # collects the old exit status and any straggler
-                self.events.emit("replica.start", target=rid, reason=reason)
-                await self._launch(replica)
-            self._lb().api.set_state(rid, "ready")
+        """Start a replica (same port) or worker that is down; put a replica back in
+        rotation, which also undoes a drain."""
+        member = self.member(rid)
+        async with member.lock:
+            member.wanted = True
+            if not member.alive:
+                member.stop()  # collects the old exit status and any straggler
+                self.events.emit("member.start", target=rid, reason=reason)
+                await self._launch(member)
+            if isinstance(member, Replica):
+                self._lb().api.set_state(rid, "ready")
             self.save_state()
+        if isinstance(member, Worker):
+            return {"id": rid, **_worker_status(member)}
         return self.replica_status(rid)
 
     async def drain(self, rid: str) -> dict[str, Any]:
@@ -521,19 +579,19 @@ class Cluster:
             await asyncio.sleep(WATCH_INTERVAL)
 
     def _check_processes(self) -> None:
-        for replica in list(self.replicas.values()):
-            if replica.pid is None or replica.alive or replica.exit_reported:
+        for member in [*self.replicas.values(), *self.workers.values()]:
+            if member.pid is None or member.alive or member.exit_reported:
                 continue
-            if replica.lock.locked():
+            if member.lock.locked():
                 continue  # an operation is stopping or starting it on purpose
-            replica.exit_reported = True
-            code = replica.returncode
+            member.exit_reported = True
+            code = member.returncode
             self.events.emit(
-                "process.exited", target=replica.name, code=code, signal=_signal_name(code)
+                "process.exited", target=member.name, code=code, signal=_signal_name(code)
             )
-            replica.stop()  # reap: pid file, stragglers
-            if replica.wanted and self.options.self_heal and not self._stopping:
-                self._spawn(self._heal(replica))
+            member.stop()  # reap: pid file, stragglers
+            if member.wanted and self.options.self_heal and not self._stopping:
+                self._spawn(self._heal(member))
         for proc in (self.redis, self.postgres, self.haproxy):
             if proc is None or proc.pid is None or proc.alive or proc.pid in self._exits_seen:
                 continue
@@ -541,16 +599,16 @@ class Cluster:
                 self._exits_seen.add(proc.pid)
                 self.events.emit("process.exited", target=proc.name, code=proc.returncode)
 
-    async def _heal(self, replica: Replica) -> None:
+    async def _heal(self, member: Member) -> None:
         await asyncio.sleep(self.options.self_heal_delay)
-        if self._stopping or replica.alive or not replica.wanted:
+        if self._stopping or member.alive or not member.wanted:
             return
-        if self.replicas.get(replica.name) is not replica:
-            return
+        if member.name not in self.replicas and member.name not in self.workers:
+            return  # removed meanwhile
         try:
-            await self.start_replica(replica.name, reason="self-heal")
+            await self.start_replica(member.name, reason="self-heal")
         except (ServerError, ClusterError) as exc:
-            self.events.emit("self_heal.failed", target=replica.name, error=str(exc))
+            self.events.emit("self_heal.failed", target=member.name, error=str(exc))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -633,7 +691,7 @@ class Cluster:
                 retries=sum(s.retries for s in stats.values()),
                 redispatches=sum(s.redispatches for s in stats.values()),
             ),
-            "workers": [_process_status(w) for w in self.workers],
+            "workers": [{"id": w.name, **_worker_status(w)} for w in self.workers.values()],
         }
 
     def save_state(self) -> None:
@@ -667,7 +725,7 @@ class Cluster:
             if proc is not None:
                 yield proc
         yield from self.replicas.values()
-        yield from self.workers
+        yield from self.workers.values()
 
 
 def replica_state(replica: Replica, stat: ServerStat | None) -> str:
@@ -680,6 +738,10 @@ def replica_state(replica: Replica, stat: ServerStat | None) -> str:
         return "up"
     # HAProxy says DOWN: a process that has not passed its first checks is starting.
     return "starting" if replica.alive and not replica.seen_up else "down"
+
+
+def _worker_status(worker: Worker) -> dict[str, Any]:
+    return _process_status(worker) or {}
 
 
 def _process_status(proc: ManagedProcess | None, **extra: Any) -> dict[str, Any] | None:
@@ -801,7 +863,8 @@ def banner(cluster: Cluster) -> str:
     return "\n".join(
         [
             f"statelab: {opts.replicas} replica(s), profile {opts.profile.value}, "
-            f"{'sticky' if opts.sticky else 'round-robin'} load balancing",
+            f"{'sticky' if opts.sticky else 'round-robin'} load balancing, "
+            f"{opts.worker_count} job worker(s)",
             f"  shop     {cluster.shop_url}",
             f"  control  {cluster.control_url}   (statelab cluster status --run-dir {run_dir})",
             f"  logs     {run_dir / 'logs'}/   events {run_dir / EVENTS_FILE}",
