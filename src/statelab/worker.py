@@ -207,17 +207,35 @@ def _queued_runner(stores: Stores, policy: JobPolicy) -> Callable[..., Awaitable
     return perform
 
 
-async def _announce(redis: Redis, worker_id: str, every: float, counter: dict[str, int]) -> None:
-    """Keep ``worker_alive(id)`` fresh, so a supervisor sees the worker is up."""
-    started = time.time()
-    while True:
-        body = {"pid": os.getpid(), "started": started, "jobs": counter["jobs"]}
+class _Alive:
+    """The worker's ``worker_alive(id)`` key, so a supervisor sees it is up."""
+
+    def __init__(self, redis: Redis, worker_id: str, every: float) -> None:
+        self.redis, self.worker_id, self.every = redis, worker_id, every
+        self.started = time.time()
+        self.jobs = 0
+
+    async def refresh(self) -> None:
+        body = {"pid": os.getpid(), "started": self.started, "jobs": self.jobs}
+        with store_guard("redis"):
+            await self.redis.set(
+                keys.worker_alive(self.worker_id), json.dumps(body), ex=int(3 * self.every)
+            )
+
+    async def keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.refresh()
+            except Exception:
+                log.warning("worker %s could not refresh its alive key", self.worker_id)
+
+    async def remove(self) -> None:
         try:
             with store_guard("redis"):
-                await redis.set(keys.worker_alive(worker_id), json.dumps(body), ex=int(3 * every))
+                await self.redis.delete(keys.worker_alive(self.worker_id))
         except Exception:
-            log.warning("worker %s could not refresh its alive key", worker_id)
-        await asyncio.sleep(every)
+            log.warning("worker %s could not remove its alive key", self.worker_id)
 
 
 def _warn_unshared(settings: Settings, worker_id: str) -> None:
@@ -239,10 +257,10 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
     async with open_stores(settings) as stores:
         assert isinstance(stores.jobs, QueueJobs) and stores.redis is not None
         policy = stores.jobs.policy
-        counter = {"jobs": 0}
+        alive = _Alive(stores.redis, worker_id, policy.heartbeat)
 
         async def after(_: Context) -> None:
-            counter["jobs"] += 1
+            alive.jobs += 1
 
         worker = Worker(
             stores.jobs.queue,
@@ -254,20 +272,17 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
             shutdown_grace_period_s=max(1, int(settings.graceful_timeout_seconds)),
             after_process=after,
         )
-        alive = asyncio.create_task(_announce(stores.redis, worker_id, policy.heartbeat, counter))
+        await alive.refresh()  # fails fast if Redis is unreachable
+        fresh = asyncio.create_task(alive.keep_fresh())
         log.info(
             "worker %s ready (queue %s, concurrency %d)", worker_id, keys.job_queue(), concurrency
         )
         try:
             await worker.start()  # returns once a signal stopped it gracefully
         finally:
-            alive.cancel()
-            try:
-                with store_guard("redis"):
-                    await stores.redis.delete(keys.worker_alive(worker_id))
-            except Exception:
-                log.warning("worker %s could not remove its alive key", worker_id)
-            log.info("worker %s stopped after %d job(s)", worker_id, counter["jobs"])
+            fresh.cancel()
+            await alive.remove()
+            log.info("worker %s stopped after %d job(s)", worker_id, alive.jobs)
 
 
 def run_worker(settings: Settings, worker_id: str, concurrency: int = 4) -> None:
