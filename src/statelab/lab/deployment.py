@@ -16,9 +16,17 @@ from statelab.cluster.control import ControlClient
 from statelab.cluster.servers import ManagedProcess, free_port
 from statelab.cluster.supervisor import ClusterError, read_state
 
-# Lab deployments create thousands of sessions; production-strength argon2 would
-# make the lab measure password hashing. Every other setting is the default.
-LAB_ENV = {"STATELAB_ARGON2_TIME_COST": "1", "STATELAB_ARGON2_MEMORY_KIB": "1024"}
+# Lab deployments create thousands of sessions, and its customers order hundreds
+# of pizzas: production-strength argon2 would make the lab measure password
+# hashing, and the cart limits would refuse the load. Every other setting is the
+# default.
+LAB_ENV = {
+    "STATELAB_ARGON2_TIME_COST": "1",
+    "STATELAB_ARGON2_MEMORY_KIB": "1024",
+    "STATELAB_MAX_LINE_QUANTITY": "1000000",
+    "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "1000000",
+    "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "1000000",
+}
 
 
 class Deployment:
