@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from statelab.cluster.servers import RedisServer
-from tests.chat.support import Replica, sqlite_database
+from tests.chat.support import Balancer, Replica, sqlite_database
 
 
 class Cluster:
@@ -19,6 +19,7 @@ class Cluster:
         self.redis_url = redis_url
         self.database_url = sqlite_database(run_dir / "db")
         self.replicas: list[Replica] = []
+        self.balancers: list[Balancer] = []
 
     def start(self, *ids: str, profile: str = "stateless", **env: str) -> list[Replica]:
         """Start replicas in parallel and wait until each answers ``/readyz``."""
@@ -33,9 +34,17 @@ class Cluster:
             replica.wait_ready(30)
         return new
 
+    def balancer(self, replicas: list[Replica]) -> Balancer:
+        """HAProxy in front of ``replicas``, ready."""
+        lb = Balancer(self.run_dir, replicas)
+        self.balancers.append(lb)
+        lb.start()
+        lb.wait_ready(15)
+        return lb
+
     def stop(self) -> None:
-        for replica in self.replicas:
-            replica.stop(10)
+        for process in [*self.balancers, *self.replicas]:
+            process.stop(10)
 
 
 @pytest.fixture

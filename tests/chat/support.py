@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from statelab.cluster.haproxy import HAProxyServer, LoadBalancerConfig
 from statelab.cluster.servers import ManagedProcess, free_port
 from statelab.db.migrate import upgrade
 
@@ -57,6 +58,16 @@ def sqlite_database(folder: Path) -> str:
     url = f"sqlite:///{folder / 'shop.db'}"
     upgrade(url)
     return url
+
+
+class Target(Protocol):
+    """Where a client connects: a replica, or the load balancer in front of them."""
+
+    @property
+    def http(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
 
 
 class Replica(ManagedProcess):
@@ -110,6 +121,27 @@ class Replica(ManagedProcess):
         self._proc.wait(10)
 
 
+class Balancer(HAProxyServer):
+    """HAProxy, round-robin over the given replicas (the stateless profile's setup)."""
+
+    def __init__(self, run_dir: Path, replicas: list[Replica]) -> None:
+        config = LoadBalancerConfig(
+            port=free_port(),
+            socket_path=run_dir / "haproxy.sock",
+            sticky=False,
+            servers={r.replica_id: r.port for r in replicas},
+        )
+        super().__init__(run_dir, config)
+
+    @property
+    def http(self) -> str:
+        return self.url
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.cfg.port}/ws/chat"
+
+
 @dataclass
 class Login:
     """What a client carries after logging in on one replica."""
@@ -120,7 +152,7 @@ class Login:
     csrf: dict[str, str]  # extra headers for cookie-authenticated writes
 
 
-async def login(replica: Replica, username: str, *, register: bool = True) -> Login:
+async def login(replica: Target, username: str, *, register: bool = True) -> Login:
     async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
         if register:
             r = await http.post(
@@ -139,13 +171,13 @@ async def login(replica: Replica, username: str, *, register: bool = True) -> Lo
         )
 
 
-async def api(replica: Replica, who: Login, method: str, path: str, **kw: Any) -> httpx.Response:
+async def api(replica: Target, who: Login, method: str, path: str, **kw: Any) -> httpx.Response:
     headers = {**who.headers, **(who.csrf if method != "GET" else {})}
     async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
         return await http.request(method, path, headers=headers, **kw)
 
 
-async def new_room(replica: Replica, who: Login, name: str = "pizza talk") -> str:
+async def new_room(replica: Target, who: Login, name: str = "pizza talk") -> str:
     r = await api(replica, who, "POST", "/api/chat/rooms", json={"name": name})
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
@@ -165,7 +197,7 @@ class ChatClient:
 
     @classmethod
     async def open(
-        cls, replica: Replica, who: Login | None, origin: str | None = None, **kw: Any
+        cls, replica: Target, who: Login | None, origin: str | None = None, **kw: Any
     ) -> ChatClient:
         headers = dict(who.headers) if who is not None else {}
         if origin is not None:

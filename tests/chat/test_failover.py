@@ -68,6 +68,7 @@ async def all_history(replica: Replica, who: Login, room: str) -> list[dict[str,
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_resume_elsewhere_loses_nothing(cluster: Cluster) -> None:
     r1, r2 = cluster.start("r1", "r2")
+    lb = cluster.balancer([r1, r2])
     alice, bob = await login(r1, unique("alice")), await login(r2, unique("bob"))
     carol = await login(r1, unique("carol"))
     room = await new_room(r1, alice)
@@ -86,10 +87,11 @@ async def test_kill_9_mid_stream_then_resume_elsewhere_loses_nothing(cluster: Cl
     await a.wait_closed()
     assert sent_before < len(alice_ids), "the kill came too late to be mid-stream"
 
-    # Alice reconnects to the survivor, resumes, and resends what was never acked.
+    # Alice reconnects through the load balancer (which finds the survivor), resumes,
+    # and resends what was never acknowledged.
     last_seen = a.seqs(room)[-1]
     acked = {f["client_msg_id"] for f in a.of("ack")}
-    a2 = await ChatClient.open(r2, alice)
+    a2 = await ChatClient.open(lb, alice)
     await a2.send(type="resume", rooms={room: last_seen})
     unacked = [cmid for cmid in alice_ids[:sent_before] if cmid not in acked]
     await send_from(a2, room, unacked + alice_ids[sent_before:])
@@ -111,7 +113,7 @@ async def test_kill_9_mid_stream_then_resume_elsewhere_loses_nothing(cluster: Cl
     assert offline and time.monotonic() - killed_at <= 2 * PRESENCE_TTL + 2
     users = (await api(r2, bob, "GET", "/api/chat/online")).json()["users"]
     assert carol.username not in users and alice.username in users
-    async with aioredis.from_url(cluster.redis_url, decode_responses=True) as r:
+    async with aioredis.from_url(str(cluster.redis_url), decode_responses=True) as r:
         await wait_until(lambda: _gone(r, carol), timeout=2 * PRESENCE_TTL)
         assert await r.zscore(keys.chat_online(), f"{carol.user_id}:{carol.username}") is None
     for client in (a2, b, c):
@@ -173,7 +175,7 @@ async def test_graceful_shutdown_closes_sockets_with_1012(cluster: Cluster) -> N
     log = r1.log_path.read_text()
     assert "Application shutdown complete" in log
     assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
-    async with aioredis.from_url(cluster.redis_url, decode_responses=True) as r:
+    async with aioredis.from_url(str(cluster.redis_url), decode_responses=True) as r:
         # Left on purpose: offline at once, not after the presence TTL.
         assert await r.zscore(keys.chat_online(), f"{alice.user_id}:{alice.username}") is None
         assert not await r.exists(keys.chat_where(alice.user_id))

@@ -818,9 +818,13 @@ class RedisChat(SqlRooms):
         with store_guard("redis"):
             gone = await self._sweep(keys=[keys.chat_online()], args=[_ms(), 100])
         for member in gone:
-            user_id, username = _split_member(member)
-            if self._listener is not None:
+            user_id, username = _split_member(str(member))
+            if self._listener is None:
+                return
+            try:  # this replica alone got them from the sweep: announce every one
                 await self._listener.gone(user_id, username)
+            except Exception:
+                log.exception("departure of %s not announced", username)
 
     # -- typing ----------------------------------------------------------------------
 

@@ -266,7 +266,8 @@ class Connection:
     async def _start(self, item: _Start) -> None:
         newest = await self.store.last_seq(item.room)
         if item.after is None:
-            self.cursors[item.room] = newest
+            # A repeated join keeps the cursor: what is queued behind it is unsent.
+            self.cursors.setdefault(item.room, newest)
             return
         self.cursors[item.room] = min(item.after, newest)
         await self._catch_up(item.room, None)
@@ -328,7 +329,10 @@ class Hub:
         self._by_user.setdefault(conn.user_id, set()).add(conn)
         conn.writer = asyncio.create_task(conn.write_loop())
         try:
-            await self._presence(conn.user_id, conn.username)
+            try:
+                await self._presence(conn.user_id, conn.username)
+            except StatelabError as exc:  # the heartbeat registers the user later
+                log.warning("presence of %s not recorded: %s", conn.username, exc)
             await self._read_loop(conn)
         finally:
             conn.closing = True
