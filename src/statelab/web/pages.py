@@ -262,3 +262,25 @@ async def chat_page(
         room=room if room and len(room) <= 32 else None,
         max_chars=stores.settings.max_message_chars,
     )
+
+
+@router.get("/photos")
+async def photos_page(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
+    """Your photos and their thumbnails; uploads go to ``/api/files`` from app.js."""
+    session = caller.session
+    if session is None:
+        return _login_first(request)
+    found = await stores.files.list(session.user_id)
+    limit = stores.settings.max_upload_bytes
+    return await _render(
+        request,
+        stores,
+        caller,
+        "photos",
+        "photos.html",
+        photos=[f for f in found if f.purpose == "photo"],
+        max_bytes=limit,
+        max_mb=round(limit / 2**20, 1),
+        files_placement=stores.files.name,
+        jobs_placement=stores.settings.placement("jobs"),
+    )

@@ -53,6 +53,7 @@
     "rolling-restart": () => ["POST", "/rolling-restart", "Rolling restart finished"],
     "redis-kill": () => ["POST", "/redis/restart?mode=kill", "Redis killed and restarted"],
     "redis-clean": () => ["POST", "/redis/restart?mode=clean", "Redis restarted cleanly"],
+    // Workers are addressed like replicas by the control API (/replicas/w1/...).
     kill: (id) => ["POST", "/replicas/" + id + "/kill?signal=KILL", "Sent SIGKILL to " + id],
     term: (id) => ["POST", "/replicas/" + id + "/kill?signal=TERM", "Sent SIGTERM to " + id],
     start: (id) => ["POST", "/replicas/" + id + "/start", "Started " + id],
@@ -189,13 +190,59 @@
         ])
       );
     }
-    const workers = (s.workers || []).filter(Boolean);
-    if (workers.length) {
-      workers.forEach((w) => boxes.push(service("Worker " + w.name, w.state, [["pid", w.pid]])));
-    } else {
-      boxes.push(service("Workers", "none", [["jobs", (s.placements && s.placements.jobs) || "?"]]));
-    }
     $("#services").replaceChildren(...boxes);
+  }
+
+  // Workers: rows updated in place, like replicas, so a focused button stays put.
+  const WORKER_ACTIONS = [
+    ["kill", "Kill -9", "danger", "Kill worker %s with SIGKILL (a crash)"],
+    ["term", "SIGTERM", "", "Stop worker %s gracefully with SIGTERM"],
+    ["start", "Start", "", "Start worker %s"],
+  ];
+
+  function workerRow(w) {
+    const row = el("tr");
+    row.dataset.worker = w.id;
+    const actions = el("td", { className: "actions" });
+    for (const [op, label, cls, aria] of WORKER_ACTIONS) {
+      const b = el("button", { type: "button", textContent: label, className: cls });
+      b.dataset.op = op;
+      b.dataset.replica = w.id;
+      b.setAttribute("aria-label", aria.replace("%s", w.id));
+      actions.append(b);
+    }
+    row.append(el("th", { scope: "row", textContent: w.id }), el("td"), el("td"), actions);
+    return row;
+  }
+
+  function renderWorkers(s) {
+    const workers = (s.workers || []).filter(Boolean);
+    const body = $("#workers");
+    $("#no-workers").hidden = workers.length > 0;
+    $("#no-workers").textContent = "No job workers: jobs are " + ((s.placements && s.placements.jobs) || "?") + ".";
+    body.closest("table").hidden = workers.length === 0;
+    const seen = new Set();
+    for (const w of workers) {
+      const id = w.id || w.name;
+      seen.add(id);
+      let row = body.querySelector('tr[data-worker="' + id + '"]');
+      if (!row) {
+        row = workerRow({ id: id });
+        body.append(row);
+      }
+      const alive = w.state === "up";
+      row.dataset.state = alive ? "up" : "down";
+      const td = row.querySelectorAll("td");
+      td[0].textContent = w.state;
+      td[0].className = "state " + (alive ? "up" : "down");
+      td[1].textContent = w.pid == null ? "–" : String(w.pid);
+      row.querySelectorAll("button[data-op]").forEach((b) => {
+        if (b.getAttribute("aria-busy") !== "true") b.disabled = b.dataset.op === "start" ? alive : !alive;
+      });
+    }
+    body.querySelectorAll("tr[data-worker]").forEach((row) => {
+      if (!seen.has(row.dataset.worker)) row.remove();
+    });
   }
 
   // -- chart ------------------------------------------------------------------
@@ -326,6 +373,7 @@
     $("#self-heal").textContent = status.self_heal ? "on" : "off";
     renderReplicas(status, current);
     renderServices(status);
+    renderWorkers(status);
     renderLegend(status, current);
     draw(now);
   }

@@ -66,7 +66,8 @@
   async function api(method, path, body, options) {
     const opts = options || {};
     const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const form = body instanceof FormData; // multipart: the browser sets the boundary
+    if (body !== undefined && !form) headers["Content-Type"] = "application/json";
     if (method !== "GET" && method !== "HEAD" && csrf) headers["X-CSRF-Token"] = csrf;
     if (opts.idempotencyKey) headers["Idempotency-Key"] = opts.idempotencyKey;
     let response;
@@ -74,7 +75,7 @@
       response = await fetch(path, {
         method: method,
         headers: headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: body === undefined || form ? body : JSON.stringify(body),
         credentials: "same-origin",
         cache: "no-store",
       });
@@ -348,6 +349,101 @@
     }
   }
 
+  // -- photos ---------------------------------------------------------------
+  const THUMB_POLL_MS = 1000;
+  const THUMB_POLL_TRIES = 90;
+
+  function photoItem(file) {
+    const li = document.createElement("li");
+    li.dataset.file = file.id;
+    const link = document.createElement("a");
+    link.href = "/api/files/" + file.id;
+    link.textContent = file.filename;
+    const size = document.createElement("span");
+    size.className = "muted";
+    size.textContent = " " + (file.size / 1024).toFixed(1) + " KiB";
+    const pending = document.createElement("span");
+    pending.className = "pending";
+    pending.textContent = "thumbnail pending…";
+    li.append(pending, link, size);
+    return li;
+  }
+
+  function showThumbnail(li, file) {
+    if (li.dataset.thumbnail) return;
+    li.dataset.thumbnail = file.thumbnail;
+    const img = document.createElement("img");
+    img.src = "/api/files/" + file.thumbnail;
+    img.alt = "Thumbnail of " + file.filename;
+    const pending = li.querySelector(".pending");
+    if (pending) pending.replaceWith(img);
+    else li.prepend(img);
+  }
+
+  let thumbPolling = false;
+
+  // Thumbnails come from a background job: ask until every photo has one (bounded).
+  async function pollThumbnails() {
+    if (thumbPolling) return;
+    thumbPolling = true;
+    try {
+      for (let i = 0; i < THUMB_POLL_TRIES; i++) {
+        const waiting = $$("#photos li[data-file]:not([data-thumbnail])");
+        if (!waiting.length) return;
+        await new Promise((resolve) => window.setTimeout(resolve, THUMB_POLL_MS));
+        let out;
+        try {
+          out = await api("GET", "/api/files");
+        } catch (err) {
+          continue; // a replica restarting: try again
+        }
+        for (const file of out.files) {
+          const li = $('#photos li[data-file="' + file.id + '"]');
+          if (li && file.thumbnail) showThumbnail(li, file);
+        }
+      }
+      say("no thumbnail yet: is a job worker running?", "error");
+    } finally {
+      thumbPolling = false;
+    }
+  }
+
+  function initPhotos() {
+    const form = $("#upload");
+    const list = $("#photos");
+    if (!form || !list) return;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = form.elements.file;
+      const file = input.files && input.files[0];
+      if (!file) {
+        say("choose a photo to upload", "error");
+        input.focus();
+        return;
+      }
+      const max = Number(list.dataset.maxBytes);
+      if (max && file.size > max) {
+        say("that file is " + (file.size / 1048576).toFixed(1) + " MB; the limit is " + (max / 1048576).toFixed(1) + " MB", "error");
+        return;
+      }
+      const data = new FormData();
+      data.append("file", file, file.name);
+      busy($('button[type="submit"]', form), async () => {
+        try {
+          const stored = await api("POST", "/api/files", data);
+          list.prepend(photoItem(stored));
+          $("#no-photos").hidden = true;
+          form.reset();
+          say("Uploaded " + stored.filename + ".", "ok");
+          pollThumbnails();
+        } catch (err) {
+          fail(err);
+        }
+      });
+    });
+    pollThumbnails();
+  }
+
   window.statelab = { api: api, say: say, fail: fail, money: money, newKey: newKey, busy: busy, servedBy: servedBy, ApiError: ApiError, csrf: () => csrf };
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -357,5 +453,6 @@
     if (page === "menu") initMenu();
     if (page === "cart") initCart();
     if (page === "account") initAccount();
+    if (page === "photos") initPhotos();
   });
 })();
