@@ -214,11 +214,13 @@ class Worker(Member):
 
 
 def _start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a live
-    process from a recycled PID."""
+    """The kernel's start time of live process ``pid`` (clock ticks since boot), to
+    tell it from a recycled PID; ``None`` when it is gone or a zombie."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    if fields[0] == "Z":  # dead, waiting for a parent that may never reap it
         return None
     return int(fields[19])
 
@@ -270,7 +272,8 @@ class Cluster:
     async def start(self) -> None:
         """Start every process, in dependency order, each checked ready."""
         opts = self.options
-        reap_stale(self.run_dir)
+        if leftovers := reap_stale(self.run_dir):
+            self.events.emit("cluster.reaped", targets=leftovers)
         require_free_port(opts.port, "the shop (--port)")
         require_free_port(self.control_port, "the control API")
         self._preflight_done = True
@@ -798,14 +801,18 @@ def reap_stale(run_dir: Path) -> list[str]:
             f"a cluster is already running from {run_dir} (supervisor pid "
             f"{supervisor['pid']}); stop it first or use another --run-dir"
         )
-    killed = []
+    killed = {}
     for name, entry in state.get("processes", {}).items():
         if _same_process(entry):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(entry["pid"], signal.SIGKILL)
-            killed.append(name)
+            killed[name] = entry
+    # Their ports must be free before we start again: wait until they are gone.
+    deadline = time.monotonic() + 5.0
+    while any(_same_process(e) for e in killed.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     (run_dir / STATE_FILE).unlink(missing_ok=True)
-    return killed
+    return list(killed)
 
 
 # -- running it: what ``statelab up`` calls ------------------------------------------------

@@ -1,0 +1,88 @@
+"""Supervisor pieces that need no cluster: options, events, leftovers of a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from statelab.cluster.supervisor import (
+    ClusterError,
+    ClusterOptions,
+    EventLog,
+    _redact,
+    _start_time,
+    reap_stale,
+)
+from statelab.config import Profile
+
+
+def test_only_placements_that_need_redis_start_it() -> None:
+    assert ClusterOptions(profile=Profile.stateless).needs_redis
+    assert ClusterOptions(profile=Profile.token).needs_redis
+    assert not ClusterOptions(profile=Profile.stateful).needs_redis
+    assert ClusterOptions(profile=Profile.stateful, place={"cart": "redis"}).needs_redis
+
+
+def test_sticky_routing_follows_the_session_placement() -> None:
+    assert ClusterOptions(profile=Profile.stateful).sticky
+    assert not ClusterOptions(profile=Profile.stateless).sticky
+    assert not ClusterOptions(profile=Profile.stateful, place={"session": "jwt"}).sticky
+
+
+def test_workers_only_when_jobs_are_queued() -> None:
+    assert ClusterOptions(profile=Profile.stateless).worker_count == 1
+    assert ClusterOptions(profile=Profile.stateful).worker_count == 0
+    with pytest.raises(ClusterError, match="jobs=queue"):
+        ClusterOptions(profile=Profile.stateful, workers=2).check()
+    with pytest.raises(ClusterError, match="between 1 and 16"):
+        ClusterOptions(replicas=17).check()
+
+
+def test_events_are_json_lines_with_timestamps(tmp_path: Path) -> None:
+    events = EventLog(tmp_path / "events.jsonl")
+    first = events.emit("replica.kill", target="r2", signal="SIGKILL")
+    events.emit("lb.state", target="r2", was="UP", now="DOWN")
+    events.close()
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines] == ["replica.kill", "lb.state"]
+    assert lines[0]["ts"] <= lines[1]["ts"] and lines[0]["at"].endswith("+00:00")
+    assert events.since(first["ts"]) == [lines[1]]
+
+
+def test_passwords_stay_out_of_status() -> None:
+    assert _redact("postgresql://u:secret@127.0.0.1:5/db") == "postgresql://u:***@127.0.0.1:5/db"
+    assert _redact("sqlite:///run/shop.db") == "sqlite:///run/shop.db"
+
+
+def test_a_live_cluster_is_not_started_over(tmp_path: Path) -> None:
+    me = {"pid": os.getpid(), "start_time": _start_time(os.getpid())}
+    (tmp_path / "cluster.json").write_text(json.dumps({"supervisor": me, "processes": {}}))
+    with pytest.raises(ClusterError, match="already running"):
+        reap_stale(tmp_path)
+
+
+def test_what_a_crashed_supervisor_left_is_killed(tmp_path: Path) -> None:
+    orphan = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    recycled = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    state = {
+        "supervisor": {"pid": 999_999_999, "start_time": 1},
+        "processes": {
+            "r1": {"pid": orphan.pid, "start_time": _start_time(orphan.pid)},
+            # Same PID, another start time: not ours any more, must survive.
+            "r2": {"pid": recycled.pid, "start_time": 12345},
+        },
+    }
+    (tmp_path / "cluster.json").write_text(json.dumps(state))
+    try:
+        assert reap_stale(tmp_path) == ["r1"]
+        assert orphan.wait(5) == -9
+        assert recycled.poll() is None
+        assert not (tmp_path / "cluster.json").exists()
+    finally:
+        for proc in (orphan, recycled):
+            proc.kill()
+            proc.wait()
