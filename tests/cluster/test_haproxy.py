@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +54,7 @@ def test_sticky_only_for_the_stateful_shape(tmp_path: Path) -> None:
         assert "inter 500ms" in text and "fall 2 rise 2" in text
         assert "http-request disable-l7-retry if !idempotent !has_idempotency_key" in text
         assert "timeout tunnel" in text and "option forwardfor" in text
+        assert "option http-buffer-request" in text
         assert "server r4 127.0.0.1:9" in text and text.count(" disabled") == 3
 
 
@@ -129,3 +133,70 @@ def test_replica_state_is_haproxys_view(
     status: str, alive: bool, seen_up: bool, expected: str
 ) -> None:
     assert replica_state(FakeReplica(alive, seen_up), stat(status)) == expected
+
+
+class _Backend(socketserver.ThreadingTCPServer):
+    """A tiny HTTP server; ``swallow`` ones close /work requests without answering,
+    like a replica killed while handling them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, swallow: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.swallow = swallow
+        self.hits = 0
+        self.port: int = self.server_address[1]
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Backend
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError):  # health checks hang up with RST
+            self._serve()
+
+    def _serve(self) -> None:
+        while line := self.rfile.readline():
+            path = line.split()[1].decode()
+            length = 0
+            while (header := self.rfile.readline()) not in (b"\r\n", b""):
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+            self.rfile.read(length)
+            if path == "/work":
+                self.server.hits += 1
+                if self.server.swallow:
+                    return  # close without a response
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_only_idempotent_requests_are_replayed(tmp_path: Path) -> None:
+    dying, healthy = _Backend(swallow=True), _Backend(swallow=False)
+    for backend in (dying, healthy):
+        threading.Thread(target=backend.serve_forever, daemon=True).start()
+    cfg = config(tmp_path, False, r1=dying.port, r2=healthy.port)
+    try:
+        with HAProxyServer(tmp_path, cfg) as lb:
+            deadline = time.monotonic() + 5
+            while any(s.status != "UP" for n, s in lb.api.show_stat().items() if n in "r1 r2"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            plain = [httpx.post(lb.url + "/work", content=b"x") for _ in range(6)]
+            failed = sum(r.status_code != 200 for r in plain)
+            # Each POST that reached the dying replica failed and was not sent again.
+            assert failed == dying.hits > 0
+            assert dying.hits + healthy.hits == 6
+            dying.hits = healthy.hits = 0
+            keyed = [
+                httpx.post(lb.url + "/work", content=b"x", headers={"Idempotency-Key": f"k{i}"})
+                for i in range(6)
+            ]
+            reads = [httpx.get(lb.url + "/work") for _ in range(6)]
+            # With a key (or a GET) the lost attempts were replayed on the other replica.
+            assert all(r.status_code == 200 for r in keyed + reads)
+            assert dying.hits > 0 and healthy.hits == 12
+    finally:
+        for backend in (dying, healthy):
+            backend.shutdown()
+            backend.server_close()

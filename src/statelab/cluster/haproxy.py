@@ -134,6 +134,9 @@ defaults
     # Retries after the request may have reached a replica (it closed without an
     # answer) are limited to idempotent requests in the backend below.
     retry-on conn-failure empty-response junk-response
+    # A request can only be replayed if HAProxy still holds all of it: wait for
+    # the body (up to one buffer, 16 kB) before picking a replica.
+    option http-buffer-request
 
 frontend {frontend}
     bind {loopback}:{port}
