@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from statelab.lab.report import Report, now
-from statelab.lab.scenarios import SCENARIOS, Result, Scenario, run_scenario
+from statelab.lab.scenarios import CLAIM_JUDGES, SCENARIOS, Result, Scenario, run_scenario
 
 
 class UnknownName(ValueError):
@@ -40,6 +40,10 @@ def judge(report: Report) -> None:
             r.verdict, r.reason = verdict, reason
         for claim in SCENARIOS[name].claims:
             report.verdicts.setdefault(claim, (verdict, f"{name}: {reason}"))
+    for claim, combined in CLAIM_JUDGES.items():
+        found = combined(by_scenario) if claim in report.verdicts else None
+        if found is not None:
+            report.verdicts[claim] = found
 
 
 def run_demo(

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from statelab.lab.scenarios import CLAIMS, Result
+from statelab.lab.scenarios import CLAIMS, Result, summary
 
 PROFILE_COLUMNS = ("stateful", "stateless", "token")
 COLOURS = {"stateful": "#c2410c", "stateless": "#1d4ed8", "token": "#047857"}
@@ -66,14 +66,11 @@ def _claim_order(item: tuple[str, Any]) -> int:
 
 def _cell(results: list[Result], claim: str, profile: str) -> str:
     found = [r for r in results if claim in r.claims and r.profile == profile]
-    if not found:
-        return "-"
-    marks = ["held" if r.held else "VIOLATED" for r in found]
-    return f"{', '.join(r.name for r in found)}: {', '.join(marks)}"
+    return "\n".join(summary(r) for r in found) or "-"
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=max(140, Console().width))
     table = Table(title="statelab: the claims, measured", show_lines=True)
     table.add_column("claim")
     for profile in PROFILE_COLUMNS:
@@ -233,7 +230,8 @@ def render_html(report: Report) -> str:
     rows = []
     for claim, entry in data["claims"].items():
         cells = "".join(
-            f"<td>{_esc(_cell(report.results, claim, p))}</td>" for p in PROFILE_COLUMNS
+            f"<td>{_esc(_cell(report.results, claim, p)).replace(chr(10), '<br>')}</td>"
+            for p in PROFILE_COLUMNS
         )
         css = entry["verdict"].split()[0]
         verdict = f"<b>{_esc(entry['verdict'])}</b><br>{_esc(entry['reason'])}"

@@ -783,6 +783,95 @@ def judge_redis_restart(results: dict[str, Result]) -> Verdict:
     return ("confirmed" if r.held else "refuted"), detail
 
 
+def summary(r: Result) -> str:
+    """The one measurement that tells the story of a run, for the verdict table."""
+    m = r.metrics
+    text = {
+        "pizza": lambda: (
+            f"session {'kept' if m['session_survived'] else 'lost'}, "
+            f"{m['items_lost']}/{m['items_acked']} items lost"
+        ),
+        "atm": lambda: f"{m['distinct_answers']} answer(s), {m['violations']} violations",
+        "sticky-skew": lambda: f"busiest/mean {m['max_over_mean']}",
+        "rolling-deploy": lambda: (
+            f"{m['sessions_lost']} sessions, {m['items_lost']} items lost, "
+            f"{m['failed_requests']} failed"
+        ),
+        "scale-out": lambda: f"new replica share {m['share_after_add']}",
+        "memory": lambda: (
+            f"{m['replica_bytes_per_session']} B/login in replica, "
+            f"{m['redis_bytes_per_session']} B in Redis"
+        ),
+        "latency": lambda: f"p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms",
+        "redis-restart": lambda: (
+            f"{m['items_lost']} writes lost, back in {m['seconds_to_recover']} s"
+        ),
+    }.get(r.name)
+    mark = "" if r.held else " [invariant VIOLATED]"
+    return f"{r.name}: {text() if text else 'ran'}{mark}"
+
+
+def _pick(runs: dict[str, dict[str, Result]], scenario: str, profile: str) -> Result | None:
+    return runs.get(scenario, {}).get(profile)
+
+
+def judge_c1(runs: dict[str, dict[str, Result]]) -> Verdict | None:
+    rr = _pick(runs, "sticky-skew", "stateless")
+    crash = _pick(runs, "pizza", "stateless")
+    if rr is None:
+        return None
+    even = rr.metrics["max_over_mean"] <= 1.1
+    detail = f"round-robin busiest/mean {rr.metrics['max_over_mean']}"
+    if crash is not None:
+        detail += (
+            f"; after {crash.metrics['replica_killed']} died, "
+            f"{crash.metrics['served_after_kill']} served the same session"
+        )
+        even = even and crash.metrics["session_survived"]
+    return ("confirmed" if even else "partly true"), detail
+
+
+def judge_c10(runs: dict[str, dict[str, Result]]) -> Verdict | None:
+    token = _pick(runs, "pizza", "token")
+    if token is None:
+        return None
+    revoked = token.metrics["logout_all_refused_everywhere"]
+    detail = (
+        f"logout-all {'held' if revoked else 'did NOT hold'} on every replica, because each "
+        "request checks the Redis deny-list (one lookup, not zero)"
+    )
+    tok, shared = _pick(runs, "latency", "token"), _pick(runs, "latency", "stateless")
+    if tok and shared:
+        detail += f"; p50 token {tok.metrics['p50_ms']} ms vs session {shared.metrics['p50_ms']} ms"
+    return ("partly true" if revoked else "refuted"), detail
+
+
+def judge_c13(runs: dict[str, dict[str, Result]]) -> Verdict | None:
+    mem, db = _pick(runs, "atm", "stateful"), _pick(runs, "atm", "stateless")
+    if mem is None or db is None:
+        return None
+    detail = (
+        f"one SQL database gave {db.metrics['distinct_answers']} answer with "
+        f"{db.metrics['violations']} violations where per-replica state gave "
+        f"{mem.metrics['distinct_answers']} answers"
+    )
+    fast, slow = _pick(runs, "latency", "stateful"), _pick(runs, "latency", "stateless")
+    if fast and slow:
+        detail += (
+            f"; it does not reduce latency here (p50 {slow.metrics['p50_ms']} ms shared vs "
+            f"{fast.metrics['p50_ms']} ms local), and there are no separate stores to synchronise"
+        )
+    return "partly true", detail
+
+
+#: Claims whose verdict needs more than one scenario.
+CLAIM_JUDGES: dict[str, Callable[[dict[str, dict[str, Result]]], Verdict | None]] = {
+    "C1": judge_c1,
+    "C10": judge_c10,
+    "C13": judge_c13,
+}
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
