@@ -306,7 +306,6 @@ class Hub:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._presence_locks: dict[int, asyncio.Lock] = {}
         self._entered: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.store.start(self)
