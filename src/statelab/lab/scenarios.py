@@ -100,6 +100,7 @@ class Scenario:
     judge: Callable[[dict[str, Result]], Verdict]
     replicas: int = 3
     place: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 async def _closing(*shoppers: Shopper) -> None:
@@ -783,6 +784,157 @@ def judge_redis_restart(results: dict[str, Result]) -> Verdict:
     return ("confirmed" if r.held else "refuted"), detail
 
 
+# ------------------------------------------------------------------ uploads, jobs
+
+
+def _png() -> bytes:
+    """A small valid PNG, made here so the lab ships no binary files."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 80, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def play_uploads(ctx: Context) -> Result:
+    """Upload through one replica, read through the others, kill the uploader."""
+    since = time.time()
+    urls = await ctx.deployment.replica_urls()
+    name = f"photo-{uuid.uuid4().hex[:6]}"
+    clients = {rid: ctx.shopper(name, url) for rid, url in sorted(urls.items())}
+    via_lb = ctx.shopper(name)
+    try:
+        for c in [*clients.values(), via_lb]:
+            await c.register_and_login()
+        first_id, uploader = next(iter(clients.items()))
+        files = {"file": ("pizza.png", _png(), "image/png")}
+        r = await uploader.request("POST", "/api/files", files=files)
+        assert r is not None and r.status_code == 201, f"upload failed: {r and r.text}"
+        file_id = r.json()["id"]
+        readable = {
+            rid: await _readable(c, file_id) for rid, c in clients.items() if rid != first_id
+        }
+        await ctx.deployment.kill(first_id)
+        await asyncio.sleep(0.5)
+        after_kill = [await _readable(via_lb, file_id) for _ in range(len(clients))]
+        result = Result("uploads", ctx.profile)
+        result.metrics = {
+            "uploaded_via": first_id,
+            "readable_via_other_replicas": sum(readable.values()),
+            "other_replicas": len(readable),
+            "readable_after_uploader_killed": sum(after_kill),
+            "reads_after_kill": len(after_kill),
+        }
+        if ctx.profile != "stateful":
+            result.invariants = {
+                "readable through every replica": all(readable.values()),
+                "readable after the uploader died": all(after_kill),
+            }
+        result.timeline = await _timeline(ctx, since)
+        return result
+    finally:
+        await _closing(*clients.values(), via_lb)
+
+
+async def _readable(client: Shopper, file_id: str) -> bool:
+    r = await client.request("GET", f"/api/files/{file_id}")
+    return r is not None and r.status_code == 200
+
+
+def judge_uploads(results: dict[str, Result]) -> Verdict:
+    disk, objects = results.get("stateful"), results.get("stateless")
+    if disk is None or objects is None:
+        return "partly true", "needs both runs"
+    d, o = disk.metrics, objects.metrics
+    detail = (
+        f"disk: readable on {d['readable_via_other_replicas']}/{d['other_replicas']} other "
+        f"replicas, {d['readable_after_uploader_killed']}/{d['reads_after_kill']} reads after the "
+        f"uploader died; objects: {o['readable_via_other_replicas']}/{o['other_replicas']} and "
+        f"{o['readable_after_uploader_killed']}/{o['reads_after_kill']}"
+    )
+    disk_fails = d["readable_via_other_replicas"] < d["other_replicas"]
+    return ("confirmed" if disk_fails and objects.held else "refuted"), detail
+
+
+async def play_jobs(ctx: Context) -> Result:
+    """Orders whose receipt jobs are in flight when a replica (and a worker) die."""
+    since = time.time()
+    buyer = ctx.shopper(f"jobs-{uuid.uuid4().hex[:6]}")
+    orders: list[int] = []
+    try:
+        await buyer.register_and_login()
+        await buyer.money("/api/account/top-up", amount_cents=100_000)
+        for _ in range(ctx.scale(6, 12)):
+            await buyer.add(PIZZA)
+            r = await buyer.money("/api/checkout")
+            if r is not None and r.status_code == 201:
+                orders.append(int(r.json()["id"]))
+        await _kill_job_runners(ctx, buyer.last_served_by)
+        receipts = await _receipts(buyer, orders, within=ctx.scale(20, 30))
+        again = await _receipts(buyer, orders, within=0)
+        result = Result("jobs", ctx.profile)
+        done = sum(1 for r in receipts.values() if r)
+        result.metrics = {
+            "orders": len(orders),
+            "receipted": done,
+            "lost_jobs": len(orders) - done,
+            "receipts_stable": receipts == again,
+        }
+        if ctx.profile != "stateful":
+            result.invariants = {
+                "every order got its receipt": done == len(orders) > 0,
+                "each receipt made once": receipts == again,
+            }
+        result.timeline = await _timeline(ctx, since)
+        return result
+    finally:
+        await _closing(buyer)
+
+
+async def _kill_job_runners(ctx: Context, replica: str) -> None:
+    """kill -9 the replica that took the orders, and a worker if there are any."""
+    await ctx.deployment.kill(replica)
+    workers = (await ctx.deployment.status()).get("workers") or []
+    if workers:
+        victim = str(workers[0]["name"])
+        await ctx.deployment.kill(victim)
+        await asyncio.sleep(1)
+        await ctx.deployment.start(victim)
+
+
+async def _receipts(buyer: Shopper, orders: list[int], within: float) -> dict[int, str | None]:
+    deadline = time.monotonic() + within
+    while True:
+        found: dict[int, str | None] = {}
+        for order in orders:
+            r = await buyer.request("GET", f"/api/orders/{order}")
+            if r is None or r.status_code == 401:
+                await buyer.login()
+                r = await buyer.request("GET", f"/api/orders/{order}")
+            found[order] = (
+                r.json().get("receipt") if r is not None and r.status_code == 200 else None
+            )
+        if all(found.values()) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(1)
+
+
+def judge_jobs(results: dict[str, Result]) -> Verdict:
+    inproc, queue = results.get("stateful"), results.get("stateless")
+    if inproc is None or queue is None:
+        return "partly true", "needs both runs"
+    detail = (
+        f"in-process: {inproc.metrics['lost_jobs']}/{inproc.metrics['orders']} receipts lost with "
+        f"the replica; queue: {queue.metrics['lost_jobs']}/{queue.metrics['orders']} lost after a "
+        "replica and a worker were killed"
+    )
+    if inproc.metrics["lost_jobs"] > 0 and queue.held:
+        return "confirmed", detail
+    return ("refuted" if queue.held else "partly true"), detail
+
+
 def summary(r: Result) -> str:
     """The one measurement that tells the story of a run, for the verdict table."""
     m = r.metrics
@@ -890,6 +1042,12 @@ SCENARIOS: dict[str, Scenario] = {
                  play_latency, judge_latency),
         Scenario("redis-restart", ("C14",), ("stateless",),
                  play_redis_restart, judge_redis_restart),
+        # Only the placement under test differs: sessions (uploads) and orders (jobs)
+        # are shared in both runs, so what is lost is the file or the job itself.
+        Scenario("uploads", ("C11",), ("stateful", "stateless"), play_uploads, judge_uploads,
+                 place={"session": "redis"}),
+        Scenario("jobs", ("C12",), ("stateful", "stateless"), play_jobs, judge_jobs,
+                 place={"ledger": "db"}, env={"STATELAB_JOB_HOLD_SECONDS": "3"}),
     )
 }  # fmt: skip
 
@@ -897,7 +1055,9 @@ SCENARIOS: dict[str, Scenario] = {
 async def run_scenario(scenario: Scenario, profile: str, run_root: Path, quick: bool) -> Result:
     """One scenario in one profile, in a deployment of its own."""
     run_dir = run_root / f"{scenario.name}-{profile}"
-    with Deployment(run_dir, profile, scenario.replicas, scenario.place) as deployment:
+    with Deployment(
+        run_dir, profile, scenario.replicas, scenario.place, scenario.env
+    ) as deployment:
         result = await scenario.play(Context(deployment, profile, quick))
     result.claims = scenario.claims
     return result
