@@ -10,6 +10,7 @@ Each scenario's ``judge`` compares the profiles and gives the claim's verdict.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from statelab.lab.chatter import Chatter
 from statelab.lab.deployment import Deployment
 from statelab.lab.shopper import Log, Shopper
 
@@ -935,6 +937,112 @@ def judge_jobs(results: dict[str, Result]) -> Verdict:
     return ("refuted" if queue.held else "partly true"), detail
 
 
+# -------------------------------------------------------------------------- chat
+
+
+async def play_chat(ctx: Context) -> Result:
+    """Users spread over replicas talk in one room; one replica dies mid-conversation."""
+    since = time.time()
+    shoppers = [ctx.shopper(f"chat-{i}-{uuid.uuid4().hex[:4]}") for i in range(ctx.scale(4, 8))]
+    per_user, pause = ctx.scale(12, 40), 0.15  # about the pace of a quick typist
+    ws_url = ctx.url.replace("http://", "ws://") + "/ws/chat"
+    chatters: list[Chatter] = []
+    try:
+        for s in shoppers:
+            await s.register_and_login()
+        created = await shoppers[0].request("POST", "/api/chat/rooms", json={"name": "lab"})
+        assert created is not None and created.status_code == 201, "could not create a room"
+        room = str(created.json()["id"])
+        for s in shoppers:
+            chatter = Chatter(s, ws_url, room)
+            await chatter.connect()
+            await chatter.send({"type": "join", "room": room})
+            chatters.append(chatter)
+        await asyncio.sleep(0.5)
+        spread = sorted({c.replica for c in chatters})
+        victim = chatters[0].replica
+
+        async def talk(c: Chatter) -> None:
+            for k in range(per_user):
+                await c.say(f"{c.shopper.name}-{k}", f"message {k}")
+                await asyncio.sleep(pause)
+
+        async def crash() -> None:
+            await asyncio.sleep(per_user * pause / 2)
+            await ctx.deployment.kill(victim)
+
+        await asyncio.gather(crash(), *(talk(c) for c in chatters))
+        await asyncio.gather(*(c.flush(within=10) for c in chatters))
+        expected = {(c.shopper.name, m) for c in chatters for m in c.acked}
+        waits = await asyncio.gather(
+            *(c.settle(expected, within=ctx.scale(6, 12)) for c in chatters)
+        )
+        online = await shoppers[-1].request("GET", "/api/chat/online")
+        result = Result("chat", ctx.profile)
+        result.metrics = _chat_metrics(chatters, expected, waits)
+        result.metrics.update(
+            {
+                "replicas_used": spread,
+                "replica_killed": victim,
+                "online_listed": len(online.json().get("users", [])) if online else None,
+            }
+        )
+        if ctx.profile != "stateful":
+            result.invariants = {
+                "every acknowledged message delivered": result.metrics["lost"] == 0,
+                "no message delivered twice": result.metrics["duplicates"] == 0,
+                "in order, without gaps": result.metrics["out_of_order"] == 0,
+            }
+        result.timeline = await _timeline(ctx, since)
+        return result
+    finally:
+        await asyncio.gather(*(c.close() for c in chatters))
+        await _closing(*shoppers)
+
+
+def _chat_metrics(
+    chatters: list[Chatter], expected: set[tuple[str, str]], waits: list[float | None]
+) -> dict[str, Any]:
+    lost = duplicates = disorder = 0
+    for c in chatters:
+        keys = [(sender, msg) for sender, msg, _ in c.received]
+        got = set(keys)
+        lost += len(expected - got)
+        duplicates += len(keys) - len(got)
+        seqs = [seq for _, _, seq in c.received]
+        disorder += sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
+    caught_up = [w for w in waits if w is not None]
+    return {
+        "acknowledged": len(expected),
+        "sent": sum(len(c.acked) + len(c.pending) for c in chatters),
+        "expected_deliveries": len(expected) * len(chatters),
+        "lost": lost,
+        "duplicates": duplicates,
+        "out_of_order": disorder,
+        "reconnects": sum(c.reconnects for c in chatters),
+        "logins_again": sum(c.relogins for c in chatters),
+        "max_reconnect_s": round(max((max(c.reconnect_seconds) for c in chatters
+                                      if c.reconnect_seconds), default=0.0), 2),
+        "catch_up_s": round(max(caught_up), 2) if caught_up else None,
+        "clients_caught_up": len(caught_up),
+    }  # fmt: skip
+
+
+def judge_chat(results: dict[str, Result]) -> Verdict:
+    mem, shared = results.get("stateful"), results.get("stateless")
+    if mem is None or shared is None:
+        return "partly true", "needs both runs"
+    m, s = mem.metrics, shared.metrics
+    detail = (
+        f"memory: {m['lost']}/{m['expected_deliveries']} deliveries lost; redis: {s['lost']} lost, "
+        f"{s['duplicates']} duplicates, {s['reconnects']} reconnects caught up within "
+        f"{s['catch_up_s']} s"
+    )
+    if shared.held and m["lost"] > 0:
+        return "confirmed", detail
+    return ("partly true" if shared.held else "refuted"), detail
+
+
 def summary(r: Result) -> str:
     """The one measurement that tells the story of a run, for the verdict table."""
     m = r.metrics
@@ -1030,6 +1138,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("pizza", ("C2", "C10", "C14"), ("stateful", "stateless", "token"),
                  play_pizza, judge_pizza),
         Scenario("atm", ("C8", "C13"), ("stateful", "stateless"), play_atm, judge_atm),
+        Scenario("chat", ("C9",), ("stateful", "stateless"), play_chat, judge_chat),
         Scenario("sticky-skew", ("C3", "C1"), ("stateful", "stateless"),
                  play_sticky_skew, judge_sticky_skew),
         Scenario("rolling-deploy", ("C4",), ("stateful", "stateless"),

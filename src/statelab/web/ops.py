@@ -94,6 +94,9 @@ class ReplicaMiddleware:
         self.raw_prefixes = raw_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, self._stamp_accept(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -114,6 +117,16 @@ class ReplicaMiddleware:
             limit = self._limit(scope["path"])
             await self.app(scope, _limited(receive, limit), send_stamped)
         self._observe(scope, status, time.perf_counter() - started)
+
+    def _stamp_accept(self, send: Send) -> Send:
+        """WebSocket handshakes say which replica holds the socket, too."""
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                message["headers"] = [*message.get("headers", []), self.served_by]
+            await send(message)
+
+        return stamped
 
     def _limit(self, path: str) -> int:
         for prefix, limit in self.raw_prefixes:
