@@ -18,6 +18,7 @@ from statelab.cluster.haproxy import (
     RuntimeAPI,
     ServerStat,
     render_config,
+    runtime_socket_path,
 )
 from statelab.cluster.servers import ManagedProcess, find_binary, free_port
 from statelab.cluster.supervisor import Replica, replica_state
@@ -200,3 +201,18 @@ def test_only_idempotent_requests_are_replayed(tmp_path: Path) -> None:
         for backend in (dying, healthy):
             backend.shutdown()
             backend.server_close()
+
+
+def test_a_deep_run_folder_gets_a_short_private_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    socket_path = runtime_socket_path(deep)
+    assert socket_path.parent != deep and len(str(socket_path)) <= 97
+    assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+    cfg = LoadBalancerConfig(
+        port=free_port(), socket_path=socket_path, sticky=False, servers={"r1": 9}
+    )
+    with HAProxyServer(deep, cfg) as lb:
+        assert "r1" in lb.api.show_stat()
+    assert not socket_path.parent.exists()
+    assert runtime_socket_path(tmp_path) == tmp_path / "haproxy.sock"

@@ -49,7 +49,8 @@ def test_events_are_json_lines_with_timestamps(tmp_path: Path) -> None:
     events.close()
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in lines] == ["replica.kill", "lb.state"]
-    assert lines[0]["ts"] <= lines[1]["ts"] and lines[0]["at"].endswith("+00:00")
+    assert lines[0]["ts"] < lines[1]["ts"] and lines[0]["at"].endswith("+00:00")
+    assert [e["seq"] for e in lines] == [1, 2]
     assert events.since(first["ts"]) == [lines[1]]
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import os
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +40,15 @@ __all__ = [
     "RuntimeAPI",
     "ServerStat",
     "render_config",
+    "runtime_socket_path",
 ]
 
 FRONTEND = "shop"
 BACKEND = "replicas"
 #: A port nothing listens on, for empty slots (they are in maintenance anyway).
 _PARKED_PORT = 9
+#: HAProxy refuses longer unix socket paths (it binds ``<path>.<pid>.tmp`` first).
+MAX_SOCKET_PATH = 97
 
 AdminState = Literal["ready", "drain", "maint"]
 
@@ -62,6 +68,21 @@ class LoadBalancerConfig:
 
     def slot_names(self) -> list[str]:
         return [f"r{i}" for i in range(1, self.slots + 1)]
+
+
+def runtime_socket_path(run_dir: Path) -> Path:
+    """``run_dir/haproxy.sock``, or a short private path when that one is too long."""
+    wanted = run_dir / "haproxy.sock"
+    if len(str(wanted)) <= MAX_SOCKET_PATH:
+        return wanted
+    digest = hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"statelab-{digest}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    # Another user could have made that folder first (a shared /tmp): refuse it.
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ServerError(f"{folder} is not a private folder of ours; remove it")
+    return folder / "haproxy.sock"
 
 
 def render_config(cfg: LoadBalancerConfig) -> str:
@@ -193,14 +214,16 @@ class HAProxyServer(ManagedProcess):
         require_free_port(self.cfg.port, "the load balancer")
         self.write_config()
         check = subprocess.run(
-            [self.binary, "-c", "-q", "-f", str(self.config_path)],
+            [self.binary, "-c", "-f", str(self.config_path)],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         )
         if check.returncode != 0:
-            raise ServerError(f"generated {self.config_path} is invalid:\n{check.stderr}")
+            said = (check.stdout + check.stderr).splitlines()
+            reasons = "\n".join(line for line in said if "[NOTICE]" not in line)
+            raise ServerError(f"generated {self.config_path} is invalid:\n{reasons}")
 
     def command(self) -> list[str]:
         return [self.binary, "-W", "-db", "-f", str(self.config_path)]
@@ -214,6 +237,9 @@ class HAProxyServer(ManagedProcess):
                     self._proc.wait(timeout)
         code = super().stop(timeout)
         self.cfg.socket_path.unlink(missing_ok=True)  # HAProxy leaves it behind
+        if self.cfg.socket_path.parent != self.run_dir:
+            with contextlib.suppress(OSError):
+                self.cfg.socket_path.parent.rmdir()  # the short fallback folder
         return code
 
     def is_ready(self) -> bool:

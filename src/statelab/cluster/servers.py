@@ -360,6 +360,7 @@ class RedisServer(ManagedProcess):
 # -- PostgreSQL ----------------------------------------------------------------------
 
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MAX_UNIX_PATH = 108  # sizeof(sockaddr_un.sun_path) on Linux
 
 
 def postgres_bindir() -> Path:
@@ -500,10 +501,15 @@ class PostgresServer(ManagedProcess):
             os.chown(hba, entry.pw_uid, entry.pw_gid)
 
     def command(self) -> list[str]:
+        # A unix socket path longer than the kernel allows stops postgres from
+        # starting; we only use TCP, so then go without one.
+        sockets = str(self.socket_dir)
+        if len(f"{sockets}/.s.PGSQL.{self.port}.lock") >= _MAX_UNIX_PATH:
+            sockets = ""
         settings = {
             "listen_addresses": LOOPBACK,
             "port": str(self.port),
-            "unix_socket_directories": str(self.socket_dir),
+            "unix_socket_directories": sockets,
             "max_connections": "300",
             "shared_buffers": "64MB",
             "logging_collector": "off",

@@ -46,7 +46,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from statelab.cluster.haproxy import HAProxyServer, LoadBalancerConfig, ServerStat
+from statelab.cluster.haproxy import (
+    HAProxyServer,
+    LoadBalancerConfig,
+    ServerStat,
+    runtime_socket_path,
+)
 from statelab.cluster.servers import (
     LOOPBACK,
     ManagedProcess,
@@ -138,13 +143,20 @@ class EventLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", buffering=1, encoding="utf-8")
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._last_ts = 0.0
+        self._seq = 0
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record ``event`` now; ``fields`` must be JSON-serialisable."""
-        now = time.time()
+        # Strictly increasing timestamps: a reader polling with ``since=<last ts>``
+        # must not miss an event logged in the same millisecond as the previous one.
+        now = max(round(time.time(), 3), round(self._last_ts + 0.001, 3))
+        self._last_ts = now
+        self._seq += 1
         record = {
-            "ts": round(now, 3),
+            "ts": now,
             "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
+            "seq": self._seq,
             "event": event,
             **fields,
         }
@@ -321,7 +333,8 @@ class Cluster:
 
     async def _launch(self, proc: ManagedProcess) -> None:
         began = time.monotonic()
-        proc.start()
+        # start() may run initdb or `haproxy -c`: keep the control API answering.
+        await asyncio.to_thread(proc.start)
         self.events.emit("process.started", target=proc.name, pid=proc.pid)
         await asyncio.to_thread(proc.wait_ready, self.options.ready_timeout)
         took = round(time.monotonic() - began, 3)
@@ -430,7 +443,7 @@ class Cluster:
     def _lb_config(self) -> LoadBalancerConfig:
         return LoadBalancerConfig(
             port=self.options.port,
-            socket_path=self.run_dir / "haproxy.sock",
+            socket_path=runtime_socket_path(self.run_dir),
             sticky=self.options.sticky,
             servers={rid: r.port for rid, r in self.replicas.items()},
             slots=self.options.slots,
