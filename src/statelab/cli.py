@@ -157,13 +157,19 @@ def bench(
     ] = None,
     seconds: Annotated[int, typer.Option(help="Measured seconds per profile.")] = 10,
     connections: Annotated[int, typer.Option(help="Concurrent connections (users).")] = 32,
+    max_replicas: Annotated[
+        int, typer.Option(help="Scale-out curve up to this many replicas (0: skip it).")
+    ] = 4,
 ) -> None:
-    """Throughput and latency of the cart workload for every profile, as ratios."""
+    """Throughput and latency of the cart workload for every profile, as ratios to
+    stateful, and a scale-out curve of the stateless profile behind HAProxy."""
     from statelab.lab.bench import run
     from statelab.lab.report import print_bench
 
     _logging("WARNING")
-    result = run(seconds=seconds, connections=connections, users=connections)
+    result = run(
+        seconds=seconds, connections=connections, users=connections, max_replicas=max_replicas
+    )
     print_bench(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
