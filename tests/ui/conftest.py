@@ -16,15 +16,18 @@ from tests.cluster.conftest import RunningCluster, start_cluster
 from tests.ui.support import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
+    """Playwright's sync API for one module. While it runs it keeps an event loop
+    running in this thread, so it must stop before tests that call ``asyncio.run``
+    (database migrations do): module scope, never session."""
     with sync_playwright() as pw:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    """Headless Debian Chromium for the whole session."""
+    """Headless Debian Chromium for one module."""
     if not CHROMIUM.exists():
         pytest.fail("the browser tests need Debian's chromium: sudo apt-get install chromium")
     browser = playwright.chromium.launch(

@@ -76,11 +76,22 @@ def test_two_browsers_chat_through_different_replicas(
         screenshot(a, "chat")
         screenshot(b, "chat-phone")
 
+        # Alice looks at another room; what Bob says meanwhile shows as unread.
+        a.get_by_label("New room").fill("desserts")
+        a.get_by_role("button", name="Create").click()
+        expect(a.locator("#room-title")).to_have_text("desserts")
+        b.get_by_label("Message", exact=True).fill("see you there")
+        b.get_by_role("button", name="Send").click()
+        expect(a.get_by_test_id(f"unread-{room}")).to_have_text("1")
+        a.get_by_role("button", name="pizza night").click()
+        a.locator("#log li", has_text="see you there").wait_for()
+        expect(a.get_by_test_id(f"unread-{room}")).to_have_text("")
+
         b.context.close()  # bob leaves: his socket closes, alice sees him go
         _online(a, bob, False)
         texts = a.locator("#log li .text").all_inner_texts()
-        assert texts == ["margherita at eight?", "yes, and a tiramisu"]
-        assert a.locator("#log li .author").all_inner_texts() == [alice, bob]
+        assert texts == ["margherita at eight?", "yes, and a tiramisu", "see you there"]
+        assert a.locator("#log li .author").all_inner_texts() == [alice, bob, bob]
     finally:
         a.context.close()
         if b.context.pages:
