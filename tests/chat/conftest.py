@@ -65,7 +65,8 @@ def pair(
     and rooms, so Redis is not flushed in between)."""
     deployment = Cluster(tmp_path_factory.mktemp("chat-pair"), redis_server.url)
     try:
-        r1, r2 = deployment.start("r1", "r2", STATELAB_CHAT_ROOMS_PER_USER="5")
+        env = {"STATELAB_CHAT_ROOMS_PER_USER": "5", "STATELAB_CHAT_TYPING_TTL_SECONDS": "2"}
+        r1, r2 = deployment.start("r1", "r2", **env)
         yield r1, r2
     finally:
         deployment.stop()

@@ -83,6 +83,7 @@ async def test_a_resend_is_stored_once_and_acked_with_the_same_seq(pair: Pair) -
     second = await a2.wait(is_type("ack", client_msg_id="once"))
     await a.send(type="send", room=room, client_msg_id="twice", text="next")
     await b.wait(is_type("message", client_msg_id="twice"))
+    await a.wait(is_type("message", client_msg_id="twice"))
 
     assert first["seq"] == second["seq"] == 1
     assert b.seqs(room) == [1, 2]
@@ -134,12 +135,12 @@ async def test_typing_reaches_other_replicas_and_expires(pair: Pair) -> None:
 
     await a.send(type="typing", room=room)
     await b.wait(is_type("typing", room=room, user=alice.username))
-    c = await joined(r2, carol, room)  # joins within the TTL (1 s): told who is typing
+    c = await joined(r2, carol, room)  # joins within the TTL (2 s): told who is typing
     await c.wait(is_type("typing", room=room, user=alice.username))
     await probe(a)
     assert not a.of("typing")  # nobody is told about their own typing
 
-    await asyncio.sleep(1.5)  # past the typing TTL, with no new typing frame
+    await asyncio.sleep(2.5)  # past the typing TTL, with no new typing frame
     d = await joined(r2, dave, room)
     await probe(d)
     assert not d.of("typing")
