@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -166,6 +167,16 @@ def _from_hash(sid: str, raw: dict[str, str]) -> Session | None:
         return None
 
 
+async def _load_sessions(redis: Redis, ids: list[str], key: Callable[[str], str]) -> list[Session]:
+    """The sessions stored under ``key(id)`` for each id, oldest first; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for sid in ids:
+            pipe.hgetall(key(sid))
+        raws: list[dict[str, str]] = await pipe.execute()
+    found = [_from_hash(sid, raw) for sid, raw in zip(ids, raws, strict=True) if raw]
+    return sorted((s for s in found if s is not None), key=lambda s: s.created_at)
+
+
 class RedisSessions:
     """Sessions in Redis hashes: any replica resolves any session in one round trip."""
 
@@ -232,12 +243,7 @@ class RedisSessions:
     async def list_for_user(self, user_id: int) -> list[Session]:
         with store_guard("redis"):
             sids = [str(x) for x in await self._redis.zrange(keys.user_sessions(user_id), 0, -1)]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for sid in sids:
-                    pipe.hgetall(keys.session(sid))
-                raws: list[dict[str, str]] = await pipe.execute()
-        found = [_from_hash(sid, raw) for sid, raw in zip(sids, raws, strict=True) if raw]
-        return sorted((s for s in found if s is not None), key=lambda s: s.created_at)
+            return await _load_sessions(self._redis, sids, keys.session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,16 +370,7 @@ class JwtSessions:
         return len(jtis)
 
     async def list_for_user(self, user_id: int) -> list[Session]:
+        index = keys.user_tokens(user_id)
         with store_guard("redis"):
-            jtis = [
-                str(x)
-                for x in await self._redis.zrangebyscore(
-                    keys.user_tokens(user_id), time.time(), "+inf"
-                )
-            ]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for jti in jtis:
-                    pipe.hgetall(keys.token(jti))
-                raws: list[dict[str, str]] = await pipe.execute()
-        found = [_from_hash(jti, raw) for jti, raw in zip(jtis, raws, strict=True) if raw]
-        return sorted((s for s in found if s is not None), key=lambda s: s.created_at)
+            jtis = [str(x) for x in await self._redis.zrangebyscore(index, time.time(), "+inf")]
+            return await _load_sessions(self._redis, jtis, keys.token)
