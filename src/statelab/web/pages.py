@@ -10,7 +10,6 @@ error message. Pages never take form posts of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from statelab.config import Settings
 from statelab.domain.errors import RateLimited, StatelabError, Unavailable
-from statelab.domain.shop import load_menu, price
+from statelab.domain.shop import CartLines, load_menu, price
 from statelab.state import Stores
 from statelab.web.deps import Caller, CallerDep, StoresDep, anon_csrf_token, cart_ref
 from statelab.web.problems import status_of
@@ -85,7 +85,7 @@ router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 def _error_page(request: Request, exc: StatelabError) -> Response:
     status, _ = status_of(exc)
-    settings = request.app.state.settings
+    settings: Settings = request.app.state.settings
     headers = dict(PAGE_HEADERS)
     if isinstance(exc, RateLimited | Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
@@ -99,7 +99,12 @@ def _error_page(request: Request, exc: StatelabError) -> Response:
 
 
 def _chrome(
-    request: Request, settings: Any, username: str | None, csrf: str, cart_count: int, page: str
+    request: Request,
+    settings: Settings,
+    username: str | None,
+    csrf: str,
+    cart_count: int,
+    page: str,
 ) -> dict[str, Any]:
     """What every page shows: who served it, the profile, who is logged in."""
     placements: Mapping[str, str] = settings.placements
@@ -117,17 +122,25 @@ def _chrome(
     }
 
 
+async def _cart_lines(request: Request, stores: Stores, caller: Caller) -> CartLines:
+    """The caller's cart; a visitor who never wrote has none (and gets no id here)."""
+    if caller.session is None and caller.anon_id is None:
+        return {}
+    return await stores.carts.get(cart_ref(request, caller))
+
+
 async def _render(
     request: Request,
     stores: Stores,
     caller: Caller,
     page: str,
     template: str,
+    *,
+    lines: CartLines | None = None,
     **context: Any,
 ) -> Response:
-    lines: dict[int, int] = {}
-    if caller.session is not None or caller.anon_id is not None:
-        lines = await stores.carts.get(cart_ref(request, caller))
+    if lines is None:
+        lines = await _cart_lines(request, stores, caller)
     csrf = ""
     if caller.session is not None:
         csrf = caller.session.csrf_token
@@ -180,11 +193,9 @@ async def menu_page(request: Request, stores: StoresDep, caller: CallerDep) -> R
 
 @router.get("/cart")
 async def cart_page(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
-    lines: dict[int, int] = {}
-    if caller.session is not None or caller.anon_id is not None:
-        lines = await stores.carts.get(cart_ref(request, caller))
+    lines = await _cart_lines(request, stores, caller)
     priced = price(lines, load_menu())
-    return await _render(request, stores, caller, "cart", "cart.html", cart=priced)
+    return await _render(request, stores, caller, "cart", "cart.html", lines=lines, cart=priced)
 
 
 @router.get("/login")
@@ -232,20 +243,6 @@ async def account_page(request: Request, stores: StoresDep, caller: CallerDep) -
     )
 
 
-def page_data(value: Any) -> str:
-    """JSON for a ``data-`` attribute (Jinja escapes it for the attribute)."""
-    return json.dumps(value, separators=(",", ":"))
-
-
-TEMPLATES.env.filters["page_data"] = page_data
-
-
-def install(app: FastAPI) -> None:
-    """Add the pages and their static files (``/static``) to a replica's app."""
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-
 @router.get("/chat")
 async def chat_page(
     request: Request, stores: StoresDep, caller: CallerDep, room: str | None = None
@@ -284,3 +281,9 @@ async def photos_page(request: Request, stores: StoresDep, caller: CallerDep) ->
         files_placement=stores.files.name,
         jobs_placement=stores.settings.placement("jobs"),
     )
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages and their static files (``/static``) to a replica's app."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
