@@ -335,6 +335,7 @@ class Cluster:
         began = time.monotonic()
         # start() may run initdb or `haproxy -c`: keep the control API answering.
         await asyncio.to_thread(proc.start)
+        self.save_state()  # from now on a later `up` can find and reap it
         self.events.emit("process.started", target=proc.name, pid=proc.pid)
         await asyncio.to_thread(proc.wait_ready, self.options.ready_timeout)
         took = round(time.monotonic() - began, 3)
