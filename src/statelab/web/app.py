@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
@@ -15,8 +14,6 @@ from statelab.state import open_stores
 from statelab.web import auth, chat, files, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 from statelab.worker import perform_job
-
-Hook = Callable[[Any], Awaitable[None]]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,7 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.draining = False
-    app.state.on_order = []  # async hooks run after a paid order (receipt jobs)
+    app.state.on_order = []  # shop.OrderHook: run after a paid order (receipt jobs)
     app.state.on_logout_all = []  # async hooks run after logout-all (closing sockets)
     app.state.on_order.append(files.receipt_hook(app))
     metrics = Metrics(settings.replica_id)
@@ -56,7 +53,6 @@ def create_app(settings: Settings) -> FastAPI:
         max_body=settings.max_body_bytes,
         raw_prefixes=(("/api/files", settings.max_upload_bytes + files.MULTIPART_OVERHEAD),),
     )
-    app.add_middleware(files.RequestScope)  # lets the receipt hook see who is paying
     return app
 
 

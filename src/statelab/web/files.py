@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -22,13 +21,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from statelab.domain.errors import LimitExceeded, MalformedRequest, Unavailable
 from statelab.state import Stores
 from statelab.state.files import SNIFF_BYTES, FileInfo, NewFile, clean_filename, sniff_image
 from statelab.web.deps import StoresDep, UserDep
 from statelab.web.problems import problem
+from statelab.web.shop import OrderHook
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -253,50 +252,13 @@ async def _enqueue(stores: Stores, job: str, payload: dict[str, Any], *, key: st
         log.warning("%s job %s not scheduled: %s", job, key, exc.detail)
 
 
-#: The ASGI scope of the request being served, for hooks that are only given a body.
-_scope: ContextVar[Scope | None] = ContextVar("statelab_request_scope", default=None)
-
-
-class RequestScope:
-    """Pure-ASGI layer that makes the current request's scope readable by hooks.
-
-    Checkout calls its ``on_order`` hooks with the order alone; the receipt belongs
-    to the buyer, who is the caller ``web.deps`` stored on this request's state.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = _scope.set(scope)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _scope.reset(token)
-
-
-def _current_user_id() -> int | None:
-    scope = _scope.get()
-    caller = (scope or {}).get("state", {}).get("caller")
-    session = getattr(caller, "session", None)
-    user_id = getattr(session, "user_id", None)
-    return user_id if isinstance(user_id, int) else None
-
-
 ORDER_FIELDS = ("id", "status", "total_cents", "items", "created_at")
 
 
-def receipt_hook(app: FastAPI) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """The ``on_order`` hook: schedule the receipt job of a paid order."""
+def receipt_hook(app: FastAPI) -> OrderHook:
+    """The ``on_order`` hook: schedule the receipt job of a paid order for its buyer."""
 
-    async def enqueue_receipt(order: dict[str, Any]) -> None:
-        buyer = _current_user_id()
-        if buyer is None:
-            log.error("order %s paid outside a request: no receipt job", order.get("id"))
-            return
+    async def enqueue_receipt(order: dict[str, Any], buyer: int) -> None:
         body = {k: order[k] for k in ORDER_FIELDS if k in order}
         # The creation time keeps the key unique across databases reset under one Redis.
         key = f"receipt:{order['id']}:{order.get('created_at', '')}"

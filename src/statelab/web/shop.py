@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,6 +26,9 @@ from statelab.web.deps import (
 )
 
 router = APIRouter(prefix="/api", tags=["shop"])
+
+#: An ``app.state.on_order`` hook: called with a paid order and its buyer's user id.
+OrderHook = Callable[[dict[str, Any], int], Awaitable[None]]
 
 
 class MenuItemOut(BaseModel):
@@ -210,8 +215,9 @@ async def checkout(
     if outcome.status == 201 and not outcome.replayed:
         await stores.carts.clear(ref)
         finish_cart(request, response, stores, caller, ref)
-        for hook in getattr(request.app.state, "on_order", []):
-            await hook(outcome.body)
+        hooks: list[OrderHook] = getattr(request.app.state, "on_order", [])
+        for hook in hooks:
+            await hook(outcome.body, user.user_id)
     return response
 
 
