@@ -183,6 +183,13 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _plain_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("redis://"):
+            raise ValueError(f"--redis-url {value!r}: expected redis://[:password@]host:port[/db]")
+        return value
+
     @model_validator(mode="after")
     def _check_placements(self) -> Self:
         for kind, placement in self.place.items():

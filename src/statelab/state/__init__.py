@@ -29,6 +29,7 @@ from statelab.state.files import (
 from statelab.state.jobs import JobQueue, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from statelab.state.redislink import RedisLink
 from statelab.state.session import (
     JwtConfig,
     JwtSessions,
@@ -46,7 +47,8 @@ class Stores:
 
     settings: Settings
     engine: AsyncEngine
-    redis: Redis | None
+    redis: Redis | None  # pub/sub, blocking and queue work (chat, jobs)
+    link: RedisLink | None  # plain commands on the request path (sessions, carts, limits)
     users: UserStore
     sessions: SessionStore
     carts: CartStore
@@ -59,8 +61,8 @@ class Stores:
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
         status = {"database": await _sql_answers(self.engine)}
-        if self.redis is not None:
-            status["redis"] = await _redis_answers(self.redis)
+        if self.redis is not None and self.link is not None:
+            status["redis"] = await _redis_answers(self.redis, self.link)
         return status
 
 
@@ -73,10 +75,10 @@ async def _sql_answers(engine: AsyncEngine) -> bool:
     return True
 
 
-async def _redis_answers(redis: Redis) -> bool:
+async def _redis_answers(redis: Redis, link: RedisLink) -> bool:
     try:
         with store_guard("redis"):
-            return bool(await redis.ping())
+            return bool(await redis.ping()) and await link.call("PING") == "PONG"
     except Exception:
         return False
 
@@ -93,7 +95,7 @@ def make_redis(url: str) -> Redis:
     )
 
 
-def _session_store(settings: Settings, redis: Redis | None) -> SessionStore:
+def _session_store(settings: Settings, redis: RedisLink | None) -> SessionStore:
     life = Lifetimes(settings.session_idle_seconds, settings.session_absolute_seconds)
     placement = settings.placement("session")
     if placement == "memory":
@@ -111,7 +113,7 @@ def _session_store(settings: Settings, redis: Redis | None) -> SessionStore:
     return JwtSessions(redis, jwt_config)
 
 
-def _cart_store(settings: Settings, redis: Redis | None) -> CartStore:
+def _cart_store(settings: Settings, redis: RedisLink | None) -> CartStore:
     limits = CartLimits(settings.max_cart_lines, settings.max_line_quantity)
     placement = settings.placement("cart")
     if placement == "memory":
@@ -122,7 +124,7 @@ def _cart_store(settings: Settings, redis: Redis | None) -> CartStore:
     return RedisCarts(redis, limits, ttl=settings.session_absolute_seconds)
 
 
-def _rate_limiter(settings: Settings, redis: Redis | None) -> RateLimiter:
+def _rate_limiter(settings: Settings, redis: RedisLink | None) -> RateLimiter:
     if settings.placement("ratelimit") == "memory":
         return MemoryRateLimiter()
     assert redis is not None
@@ -155,6 +157,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     """Build the stores for the settings' placements; close their connections after."""
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis_url) if settings.redis_url else None
+    link = RedisLink.from_url(settings.redis_url) if settings.redis_url else None
     hasher = PasswordHasher(
         time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib, parallelism=1
     )
@@ -168,11 +171,12 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             settings=settings,
             engine=engine,
             redis=redis,
+            link=link,
             users=UserStore(db_sessions, hasher),
-            sessions=_session_store(settings, redis),
-            carts=_cart_store(settings, redis),
+            sessions=_session_store(settings, link),
+            carts=_cart_store(settings, link),
             ledger=ledger,
-            ratelimit=_rate_limiter(settings, redis),
+            ratelimit=_rate_limiter(settings, link),
             chat=_chat_store(settings, redis, db_sessions),
             files=_file_store(settings, db_sessions),
             jobs=jobs,
@@ -181,4 +185,6 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         await jobs.close()
         if redis is not None:
             await redis.aclose()
+        if link is not None:
+            await link.aclose()
         await engine.dispose()

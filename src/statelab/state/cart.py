@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
-from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from statelab.domain.errors import LimitExceeded
 from statelab.domain.shop import CartLimits, CartLines
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.redislink import RedisLink, Script
 
 
 @dataclass(slots=True)
@@ -101,7 +102,7 @@ class MemoryCarts:
 
 # KEYS[1] cart hash; ARGV: ttl, max_lines, max_qty, then item/qty pairs.
 # Checks every limit before changing anything, so a refused add changes nothing.
-_ADD = """
+_ADD = Script.of("""
 local ttl, max_lines, max_qty = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lines = redis.call('HLEN', KEYS[1])
 for i = 4, #ARGV, 2 do
@@ -113,10 +114,10 @@ if lines > max_lines then return {err = 'lines'} end
 for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ttl)
 return redis.call('HGETALL', KEYS[1])
-"""
+""")
 
 # KEYS[1] cart hash; ARGV: ttl, max_lines, item, qty (0 deletes the line).
-_SET = """
+_SET = Script.of("""
 local ttl, max_lines, qty = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 if qty == 0 then
   redis.call('HDEL', KEYS[1], ARGV[3])
@@ -127,7 +128,7 @@ else
   redis.call('EXPIRE', KEYS[1], ttl)
 end
 return redis.call('HGETALL', KEYS[1])
-"""
+""")
 
 
 def _lines_from_flat(flat: list[str]) -> CartLines:
@@ -139,17 +140,15 @@ class RedisCarts:
 
     name = "redis"
 
-    def __init__(self, redis: Redis, limits: CartLimits, ttl: int) -> None:
+    def __init__(self, redis: RedisLink, limits: CartLimits, ttl: int) -> None:
         self._redis = redis
         self._limits = limits
         self._ttl = ttl
-        self._add = redis.register_script(_ADD)
-        self._set = redis.register_script(_SET)
 
     async def get(self, ref: CartRef) -> CartLines:
         with store_guard("redis"):
-            raw = await self._redis.hgetall(keys.cart(ref.owner))
-        return {int(k): int(v) for k, v in raw.items()}
+            flat = await self._redis.call("HGETALL", keys.cart(ref.owner))
+        return _lines_from_flat(flat)
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         for qty in lines.values():
@@ -157,24 +156,22 @@ class RedisCarts:
         args: list[int] = [self._ttl, self._limits.max_lines, self._limits.max_quantity]
         for item_id, qty in lines.items():
             args += [item_id, qty]
-        flat = await self._run(self._add, ref, args)
+        flat = await self._run(_ADD, ref, args)
         return _lines_from_flat(flat)
 
     async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
         self._limits.check_quantity(quantity, allow_zero=True)
         args = [self._ttl, self._limits.max_lines, item_id, quantity]
-        return _lines_from_flat(await self._run(self._set, ref, args))
+        return _lines_from_flat(await self._run(_SET, ref, args))
 
     async def clear(self, ref: CartRef) -> None:
         with store_guard("redis"):
-            await self._redis.delete(keys.cart(ref.owner))
+            await self._redis.call("DEL", keys.cart(ref.owner))
 
-    async def _run(self, script: object, ref: CartRef, args: list[int]) -> list[str]:
-        from redis.exceptions import ResponseError
-
+    async def _run(self, script: Script, ref: CartRef, args: list[int]) -> list[str]:
         try:
             with store_guard("redis"):
-                result: list[str] = await script(keys=[keys.cart(ref.owner)], args=args)  # type: ignore[operator]
+                result: list[str] = await self._redis.run(script, [keys.cart(ref.owner)], args)
         except ResponseError as exc:
             if "lines" in str(exc):
                 raise LimitExceeded(

@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from redis.asyncio import Redis
-
 from statelab.domain.errors import RateLimited
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.redislink import RedisLink
 
 
 class RateLimiter(Protocol):
@@ -50,16 +49,14 @@ class MemoryRateLimiter:
 class RedisRateLimiter:
     name = "redis"
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisLink) -> None:
         self._redis = redis
 
     async def hit(self, scope: str, subject: str, limit: int, window: int) -> None:
         key = keys.rate(scope, subject)
         with store_guard("redis"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, window, nx=True)
-                pipe.ttl(key)
-                count, _, ttl = await pipe.execute()
+            count, _, ttl = await self._redis.batch(
+                [("INCR", key), ("EXPIRE", key, window, "NX"), ("TTL", key)], transaction=True
+            )
         if int(count) > limit:
             raise _refuse(scope, int(ttl) if int(ttl) > 0 else window)
