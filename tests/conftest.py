@@ -2,19 +2,22 @@
 
 The servers are started from their binaries in a temporary folder and stopped by
 PID at the end of the session. Each test gets a flushed Redis (``redis_url``) or
-a database of its own (``postgres_url``). A server that cannot start fails the
-tests that need it, with the reason; it never skips them.
+a database of its own (``postgres_url``; ``sqlite_url`` is a migrated SQLite file).
+A server that cannot start fails the tests that need it, with the reason; it never
+skips them.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from statelab.cluster.servers import PostgresServer, RedisServer
+from tests.support import sqlite_database
 
 _databases = itertools.count(1)
 
@@ -47,3 +50,9 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty PostgreSQL database for this test (plain ``postgresql://`` URL)."""
     return postgres_server.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database of this test's own (migrated outside the event loop)."""
+    return sqlite_database(tmp_path / "db")

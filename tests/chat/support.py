@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -24,40 +23,24 @@ from websockets.exceptions import ConnectionClosed
 
 from statelab.cluster.haproxy import HAProxyServer, LoadBalancerConfig
 from statelab.cluster.servers import ManagedProcess, free_port
-from statelab.db.migrate import upgrade
+from tests.support import PASSWORD, PROCESS_ENV, answers_ok
+
+# Re-exported: the chat tests and measure.py import these from here.
+from tests.support import sqlite_database as sqlite_database
+from tests.support import unique as unique
 
 SECRET = "chat-test-secret-0123456789abcdef"
-PASSWORD = "correct horse battery"
 
-#: Settings every test replica gets: cheap password hashing, no drain pause, and
-#: short TTLs so expiry can be observed within a test.
+#: Settings every test replica gets: the shared ones, and short TTLs so expiry can
+#: be observed within a test.
 BASE_ENV = {
+    **PROCESS_ENV,
     "STATELAB_SECRET_KEY": SECRET,
-    "STATELAB_ARGON2_TIME_COST": "1",
-    "STATELAB_ARGON2_MEMORY_KIB": "1024",
-    "STATELAB_DRAIN_SECONDS": "0",
-    "STATELAB_GRACEFUL_TIMEOUT_SECONDS": "5",
     "STATELAB_CHAT_PRESENCE_TTL_SECONDS": "3",
     "STATELAB_CHAT_TYPING_TTL_SECONDS": "1",
     "STATELAB_CHAT_FRAMES_PER_SECOND": "100000",
     "STATELAB_CHAT_FRAME_BURST": "100000",
-    "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
-    "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "100000",
 }
-
-_names = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    """A username nobody else in this run has."""
-    return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
-
-
-def sqlite_database(folder: Path) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{folder / 'shop.db'}"
-    upgrade(url)
-    return url
 
 
 class Target(Protocol):
@@ -110,10 +93,7 @@ class Replica(ManagedProcess):
         return f"ws://127.0.0.1:{self.port}/ws/chat"
 
     def is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_ok(f"{self.http}/readyz")
 
     def kill9(self) -> None:
         self.kill(signal.SIGKILL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,6 +30,20 @@ class Load:
     requests: int = 0
 
 
+async def attempt(
+    request: Awaitable[httpx.Response], what: str, failures: list[str]
+) -> httpx.Response | None:
+    """The response, with a non-200 noted in ``failures``; None if the request failed."""
+    try:
+        r = await request
+    except httpx.TransportError as exc:
+        failures.append(f"{what}: {exc!r}")
+        return None
+    if r.status_code != 200:
+        failures.append(f"{what}: {r.status_code}")
+    return r
+
+
 async def add_items(
     shopper: Shopper, items: list[int], load: Load, seconds: float, max_requests: int
 ) -> None:
@@ -37,16 +52,12 @@ async def add_items(
     while load.requests < max_requests and time.monotonic() < deadline:
         item = items[load.requests % len(items)]
         load.requests += 1
-        try:
-            r = await shopper.add(item)
-        except httpx.TransportError as exc:
-            load.failed.append(f"add {item}: {exc!r}")
+        r = await attempt(shopper.add(item), f"add {item}", load.failed)
+        if r is None:
             continue
         if r.status_code == 200:
             load.acked[item] += 1
             load.served_by[r.headers["X-Served-By"]] += 1
-        else:
-            load.failed.append(f"add {item}: {r.status_code}")
         await asyncio.sleep(0.01)
 
 
@@ -56,13 +67,8 @@ async def read_loop(shopper: Shopper, load: Load, done: asyncio.Event, max_reque
     while not done.is_set() and load.requests < max_requests:
         path = paths[load.requests % len(paths)]
         load.requests += 1
-        try:
-            r = await shopper.get(path)
-        except httpx.TransportError as exc:
-            load.failed_reads.append(f"GET {path}: {exc!r}")
-        else:
-            if r.status_code != 200:
-                load.failed_reads.append(f"GET {path}: {r.status_code}")
+        r = await attempt(shopper.get(path), f"GET {path}", load.failed_reads)
+        if r is not None:
             load.served_by[r.headers.get("X-Served-By", "-")] += 1
         await asyncio.sleep(0.02)
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.files.support import image_bytes, login, multipart, paid_order, unique
+from tests.files.support import image_bytes, multipart, paid_order
+from tests.support import register_and_login, unique
 
 WAIT_LIMIT = 120.0
 
@@ -49,7 +50,7 @@ async def uploads(url: str, size_mb: float, count: int, concurrency: int) -> Non
     payload = head + os.urandom(size - len(head))  # a PNG signature, then noise
     clients = [httpx.AsyncClient(base_url=url) for _ in range(concurrency)]
     try:
-        headers = [await login(c, unique("bench")) for c in clients]
+        headers = [await register_and_login(c, unique("bench")) for c in clients]
         await _upload_one(clients[0], headers[0], payload)  # warm-up, not counted
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(count):
@@ -110,7 +111,7 @@ async def _wait_receipt(client: httpx.AsyncClient, order_id: int) -> None:
 async def redelivery(url: str, run_dir: Path, rounds: int) -> None:
     delays = []
     async with httpx.AsyncClient(base_url=url) as client:
-        headers = await login(client, unique("redeliver"))
+        headers = await register_and_login(client, unique("redeliver"))
         for n in range(rounds):
             before = {w: _log(run_dir, w).count("job receipt attempt 2") for w in _workers(run_dir)}
             holding_before = {w: _log(run_dir, w).count("holding") for w in _workers(run_dir)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import os
 import secrets
 import sys
@@ -24,38 +23,17 @@ from PIL import Image
 
 from statelab.cluster.servers import ManagedProcess, free_port
 from statelab.config import build_settings
-from statelab.db.migrate import upgrade
 from statelab.web.app import create_app
+from tests.support import PROCESS_ENV, answers_ok
 
 SECRET = "files-test-secret-0123456789abcdef"
-PASSWORD = "correct horse battery"
 
-#: Settings every test process gets: cheap password hashing, no drain pause,
-#: fast job recovery.
+#: Settings every test process gets: the shared ones and fast job recovery.
 BASE_ENV = {
+    **PROCESS_ENV,
     "STATELAB_SECRET_KEY": SECRET,
-    "STATELAB_ARGON2_TIME_COST": "1",
-    "STATELAB_ARGON2_MEMORY_KIB": "1024",
-    "STATELAB_DRAIN_SECONDS": "0",
-    "STATELAB_GRACEFUL_TIMEOUT_SECONDS": "5",
     "STATELAB_JOB_HEARTBEAT_SECONDS": "2",
-    "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
-    "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "100000",
 }
-
-_names = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    """A username nobody else in this run has."""
-    return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
-
-
-def sqlite_database(folder: Path) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{folder / 'shop.db'}"
-    upgrade(url)
-    return url
 
 
 # ------------------------------------------------------------------------ images
@@ -106,22 +84,6 @@ async def repeated(block: bytes, total: int) -> AsyncIterator[bytes]:
 
 
 # --------------------------------------------------------------------- accounts
-
-
-async def login(client: httpx.AsyncClient, username: str) -> dict[str, str]:
-    """Register and log in; returns the headers for authenticated writes."""
-    body = {"username": username, "password": PASSWORD}
-    r = await client.post("/api/auth/register", json=body)
-    assert r.status_code in (201, 409), r.text
-    r = await client.post("/api/auth/login", json=body)
-    assert r.status_code == 200, r.text
-    return {"X-CSRF-Token": r.json()["csrf_token"]}
-
-
-def share_login(source: httpx.AsyncClient, target: httpx.AsyncClient) -> None:
-    """Carry the session cookie to another replica, as a load balancer would."""
-    for cookie in source.cookies.jar:
-        target.cookies.set(cookie.name, cookie.value)
 
 
 async def paid_order(client: httpx.AsyncClient, headers: dict[str, str], tag: str) -> int:
@@ -255,18 +217,11 @@ def replica_process(
     for p in place:
         argv += ["--place", p]
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     process = ManagedProcess(
         replica_id,
         run_dir,
         statelab(*argv),
         env=env(STATELAB_DATA_DIR=str(run_dir / replica_id), **extra_env),
-        ready=ready,
+        ready=lambda: answers_ok(f"{url}/readyz"),
     )
     return process, url

@@ -5,7 +5,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from tests.files.support import Deployment, image_bytes, login, multipart, share_login, unique
+from tests.files.support import Deployment, image_bytes, multipart
+from tests.support import register_and_login, share_login, unique
 
 BUCKET = "statelab-test"
 
@@ -26,7 +27,7 @@ async def test_s3_objects_are_shared_by_replicas(
     url = f"s3://{BUCKET}/uploads"
     r1 = await deployment.replica("r1", object_store_url=url, max_upload_bytes=8 * 1024 * 1024)
     r2 = await deployment.replica("r2", object_store_url=url)
-    headers = await login(r1, unique("sam"))
+    headers = await register_and_login(r1, unique("sam"))
 
     # Larger than one 5 MiB part: a real multipart upload.
     data = image_bytes("PNG") + bytes(range(256)) * (6 * 4096)

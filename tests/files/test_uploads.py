@@ -11,16 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.files.support import (
-    Deployment,
-    eventually,
-    image_bytes,
-    login,
-    multipart,
-    repeated,
-    share_login,
-    unique,
-)
+from tests.files.support import Deployment, eventually, image_bytes, multipart, repeated
+from tests.support import register_and_login, share_login, unique
 
 PNG = image_bytes("PNG")
 
@@ -45,7 +37,7 @@ async def test_objects_are_readable_through_every_replica(deployment: Deployment
     r1 = await deployment.replica("r1")
     r2 = await deployment.replica("r2")
     r3 = await deployment.replica("r3")
-    headers = await login(r1, unique("ann"))
+    headers = await register_and_login(r1, unique("ann"))
     r = await upload(r1, headers, PNG)
     assert r.status_code == 201, r.text
     file = r.json()
@@ -65,7 +57,7 @@ async def test_disk_files_stay_on_the_replica_that_took_them(deployment: Deploym
     r1 = await deployment.replica("r1", place=place)
     r2 = await deployment.replica("r2", place=place)
     r3 = await deployment.replica("r3", place=place)
-    headers = await login(r1, unique("dan"))
+    headers = await register_and_login(r1, unique("dan"))
     file_id = (await upload(r1, headers, PNG)).json()["id"]
     assert (await r1.get(f"/api/files/{file_id}")).content == PNG
     for other in (r2, r3):
@@ -78,7 +70,7 @@ async def test_disk_files_stay_on_the_replica_that_took_them(deployment: Deploym
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 async def test_type_comes_from_the_bytes(deployment: Deployment, fmt: str) -> None:
     r1 = await deployment.replica("r1")
-    headers = await login(r1, unique("tia"))
+    headers = await register_and_login(r1, unique("tia"))
     data = image_bytes(fmt, (32, 32))
     r = await upload(r1, headers, data, "x.bin", "application/octet-stream")
     assert r.status_code == 201, r.text
@@ -100,7 +92,7 @@ async def test_other_types_are_refused_whatever_the_header(
     deployment: Deployment, data: bytes
 ) -> None:
     r1 = await deployment.replica("r1")
-    headers = await login(r1, unique("eve"))
+    headers = await register_and_login(r1, unique("eve"))
     r = await upload(r1, headers, data, "evil.png", "image/png")
     assert r.status_code == 415, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -111,7 +103,7 @@ async def test_other_types_are_refused_whatever_the_header(
 async def test_oversize_uploads_get_413_and_leave_nothing(deployment: Deployment) -> None:
     limit = 100_000
     r1 = await deployment.replica("r1", max_upload_bytes=limit)
-    headers = await login(r1, unique("oz"))
+    headers = await register_and_login(r1, unique("oz"))
     # With a Content-Length the middleware refuses before reading.
     r = await upload(r1, headers, PNG + b"\0" * (limit + 70_000))
     assert r.status_code == 413, r.text
@@ -136,7 +128,7 @@ async def test_a_filename_never_reaches_a_path(
     deployment: Deployment, name: str, tmp_path: Path
 ) -> None:
     r1 = await deployment.replica("r1")
-    headers = await login(r1, unique("pat"))
+    headers = await register_and_login(r1, unique("pat"))
     r = await upload(r1, headers, PNG, name)
     assert r.status_code == 201, r.text
     assert r.json()["filename"] == "escape.png"  # kept only as a display name
@@ -149,7 +141,7 @@ async def test_a_filename_never_reaches_a_path(
 
 async def test_download_is_an_attachment_browsers_do_not_sniff(deployment: Deployment) -> None:
     r1 = await deployment.replica("r1")
-    headers = await login(r1, unique("dl"))
+    headers = await register_and_login(r1, unique("dl"))
     r = await upload(r1, headers, PNG, 'ev"il\r\nX-Injected: 1\u00e9.png')
     assert r.status_code == 201, r.text
     got = await r1.get(f"/api/files/{r.json()['id']}")
@@ -165,10 +157,10 @@ async def test_download_is_an_attachment_browsers_do_not_sniff(deployment: Deplo
 
 async def test_another_users_file_is_not_found(deployment: Deployment) -> None:
     r1 = await deployment.replica("r1")
-    alice = await login(r1, unique("alice"))
+    alice = await register_and_login(r1, unique("alice"))
     file_id = (await upload(r1, alice, PNG)).json()["id"]
     r1.cookies.clear()
-    bob = await login(r1, unique("bob"))
+    bob = await register_and_login(r1, unique("bob"))
     assert (await r1.get(f"/api/files/{file_id}")).status_code == 404
     assert (await r1.delete(f"/api/files/{file_id}", headers=bob)).status_code == 404
     assert (await r1.get("/api/files")).json() == {"files": []}
@@ -179,7 +171,7 @@ async def test_requests_that_are_not_uploads(deployment: Deployment) -> None:
     r1 = await deployment.replica("r1")
     anonymous = await upload(r1, {}, PNG)
     assert anonymous.status_code == 401
-    headers = await login(r1, unique("ned"))
+    headers = await register_and_login(r1, unique("ned"))
     no_csrf = await upload(r1, {}, PNG)
     assert no_csrf.status_code == 403
     as_json = await r1.post("/api/files", json={"file": "x"}, headers=headers)
@@ -202,7 +194,7 @@ async def test_requests_that_are_not_uploads(deployment: Deployment) -> None:
 
 async def test_thumbnail_job_and_delete(deployment: Deployment) -> None:
     r1 = await deployment.replica("r1", place={"jobs": "inprocess"})
-    headers = await login(r1, unique("tom"))
+    headers = await register_and_login(r1, unique("tom"))
     photo = (await upload(r1, headers, image_bytes("JPEG", (1200, 900)), "big.jpg")).json()
     assert photo["thumbnail"] is None
 
@@ -228,7 +220,7 @@ async def test_a_large_upload_streams_through_without_being_held(
 ) -> None:
     size = 24 * 1024 * 1024
     r1 = await deployment.replica("r1", max_upload_bytes=32 * 1024 * 1024)
-    headers = await login(r1, unique("big"))
+    headers = await register_and_login(r1, unique("big"))
     block = PNG + bytes(range(256)) * 256
     form, body = multipart("large.png", repeated(block[: 64 * 1024], size))
     tracemalloc.start()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.files.conftest import deployment, sqlite_url
+from tests.files.conftest import deployment
 
-__all__ = ["deployment", "run_dir", "sqlite_url"]
+__all__ = ["deployment", "run_dir"]
 
 
 @pytest.fixture

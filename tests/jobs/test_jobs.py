@@ -22,12 +22,11 @@ from tests.files.support import (
     eventually,
     image_bytes,
     log_has,
-    login,
     paid_order,
     replica_process,
-    unique,
     worker_process,
 )
+from tests.support import register_and_login, unique
 
 
 def receipt_files(database_url: str) -> list[tuple[str, int | None]]:
@@ -59,7 +58,7 @@ async def test_worker_makes_receipts_and_thumbnails(
         alive = redis.Redis.from_url(redis_url).get(keys.worker_alive("w1"))
         assert alive is not None and json.loads(alive)["pid"] == worker.pid
         r1 = await deployment.replica("r1")  # stateless: jobs=queue
-        headers = await login(r1, unique("wes"))
+        headers = await register_and_login(r1, unique("wes"))
         order_id = await paid_order(r1, headers, "1")
         receipt = await eventually(lambda: receipt_of(r1, order_id), timeout=30)
         text = (await r1.get(f"/api/files/{receipt}")).text
@@ -96,7 +95,7 @@ async def test_a_killed_workers_job_is_redelivered_and_done_once(
     )
     w2 = worker_process(run_dir, "w2", redis_url, deployment.database_url, **env)
     r1 = await deployment.replica("r1")
-    headers = await login(r1, unique("kim"))
+    headers = await register_and_login(r1, unique("kim"))
     with w1:
         order_id = await paid_order(r1, headers, "1")
         await eventually(lambda: _async(log_has(w1.log_path, "holding for 60.0 s")), timeout=30)
@@ -129,7 +128,7 @@ async def test_a_killed_replicas_inprocess_job_is_lost_but_a_queued_one_is_not(
     )
     with inproc:
         async with httpx.AsyncClient(base_url=url) as client:
-            headers = await login(client, unique("lou"))
+            headers = await register_and_login(client, unique("lou"))
             lost = await paid_order(client, headers, "lost")
             await eventually(lambda: _async(log_has(inproc.log_path, "holding")), timeout=30)
         inproc.kill(signal.SIGKILL)
@@ -140,7 +139,7 @@ async def test_a_killed_replicas_inprocess_job_is_lost_but_a_queued_one_is_not(
     assert _receipt_in_db_now(sqlite_url, lost) is None
     with queued, worker:
         async with httpx.AsyncClient(base_url=url2) as client:
-            headers = await login(client, unique("liz"))
+            headers = await register_and_login(client, unique("liz"))
             kept = await paid_order(client, headers, "kept")
         queued.kill(signal.SIGKILL)  # the replica that took this order dies at once too
         receipt = await eventually(lambda: _receipt_in_db(sqlite_url, kept), timeout=60)
@@ -171,7 +170,7 @@ async def test_a_receipt_job_run_twice_makes_one_receipt(
 ) -> None:
     place = {"files": files, "jobs": "inprocess"}
     r1 = await deployment.replica("r1", place=place)
-    headers = await login(r1, unique("ida"))
+    headers = await register_and_login(r1, unique("ida"))
     order_id = await paid_order(r1, headers, "1")
     first = await eventually(lambda: receipt_of(r1, order_id), timeout=20)
     order = (await r1.get(f"/api/orders/{order_id}")).json()

@@ -15,11 +15,9 @@ import httpx
 import pytest
 
 from statelab.config import build_settings
-from statelab.db.migrate import upgrade
 from statelab.web.app import create_app
 
 SECRET = "test-secret-0123456789abcdef0123456789"
-PASSWORD = "correct horse battery"
 
 
 class Shop:
@@ -54,13 +52,6 @@ ShopFactory = Shop
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'shop.db'}"
-    upgrade(url)
-    return url
-
-
-@pytest.fixture
 async def shop(tmp_path: Path, sqlite_url: str, redis_url: str) -> AsyncIterator[Shop]:
     """``await shop(profile, replica_id="r2", **settings)`` -> a client of a new replica."""
     base = {
@@ -74,29 +65,3 @@ async def shop(tmp_path: Path, sqlite_url: str, redis_url: str) -> AsyncIterator
     }
     async with AsyncExitStack() as stack:
         yield Shop(stack, base)
-
-
-async def register_and_login(
-    client: httpx.AsyncClient, username: str = "alice", password: str = PASSWORD
-) -> dict[str, str]:
-    """Register (if needed) and log in; returns the headers for authenticated writes."""
-    r = await client.post("/api/auth/register", json={"username": username, "password": password})
-    assert r.status_code in (201, 409), r.text
-    return await login(client, username, password)
-
-
-async def login(
-    client: httpx.AsyncClient, username: str = "alice", password: str = PASSWORD
-) -> dict[str, str]:
-    r = await client.post("/api/auth/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    if "access_token" in body:
-        return {"Authorization": f"Bearer {body['access_token']}"}
-    return {"X-CSRF-Token": body["csrf_token"]}
-
-
-def share_login(source: httpx.AsyncClient, target: httpx.AsyncClient) -> None:
-    """Carry the cookies to another replica, as a load balancer would."""
-    for cookie in source.cookies.jar:
-        target.cookies.set(cookie.name, cookie.value)

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from statelab.cluster.servers import free_port
-from tests.web.conftest import ShopFactory, register_and_login
+from tests.support import register_and_login
+from tests.web.conftest import ShopFactory
 
 PROBLEM = "application/problem+json"
 

@@ -9,13 +9,26 @@ import httpx
 import pytest
 
 from statelab.db.migrate import upgrade
-from tests.web.conftest import ShopFactory, register_and_login, share_login
+from tests.support import register_and_login, share_login
+from tests.web.conftest import ShopFactory
 
 
-async def _replicas(shop: ShopFactory, database_url: str | None) -> list[httpx.AsyncClient]:
+async def _funded_replicas(
+    shop: ShopFactory, database_url: str | None, cents: int
+) -> tuple[list[httpx.AsyncClient], dict[str, str]]:
+    """Three replicas of one deployment, all logged in as alice, who has ``cents``."""
     extra = {"database_url": database_url} if database_url else {}
-    clients = [await shop("stateless", replica_id=f"r{i}", **extra) for i in (1, 2, 3)]
-    return clients
+    replicas = [await shop("stateless", replica_id=f"r{i}", **extra) for i in (1, 2, 3)]
+    headers = await register_and_login(replicas[0])
+    for other in replicas[1:]:
+        share_login(replicas[0], other)
+    r = await replicas[0].post(
+        "/api/account/top-up",
+        json={"amount_cents": cents},
+        headers={**headers, "Idempotency-Key": "t"},
+    )
+    assert r.status_code == 200
+    return replicas, headers
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -30,16 +43,7 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 async def test_concurrent_withdrawals_never_overdraw(
     shop: ShopFactory, database_url: str | None
 ) -> None:
-    replicas = await _replicas(shop, database_url)
-    headers = await register_and_login(replicas[0])
-    for other in replicas[1:]:
-        share_login(replicas[0], other)
-    r = await replicas[0].post(
-        "/api/account/top-up",
-        json={"amount_cents": 1000},
-        headers={**headers, "Idempotency-Key": "t"},
-    )
-    assert r.status_code == 200
+    replicas, headers = await _funded_replicas(shop, database_url, 1000)
 
     async def withdraw(i: int) -> int:
         client = replicas[i % len(replicas)]
@@ -62,15 +66,7 @@ async def test_concurrent_withdrawals_never_overdraw(
 async def test_one_charge_per_key_under_concurrent_retries(
     shop: ShopFactory, database_url: str | None
 ) -> None:
-    replicas = await _replicas(shop, database_url)
-    headers = await register_and_login(replicas[0])
-    for other in replicas[1:]:
-        share_login(replicas[0], other)
-    await replicas[0].post(
-        "/api/account/top-up",
-        json={"amount_cents": 5000},
-        headers={**headers, "Idempotency-Key": "t"},
-    )
+    replicas, headers = await _funded_replicas(shop, database_url, 5000)
 
     async def retry(i: int) -> httpx.Response:
         return await replicas[i % 3].post(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.web.conftest import ShopFactory, register_and_login
+from tests.support import register_and_login
+from tests.web.conftest import ShopFactory
 
 SESSION = [{"place": {"session": p}} for p in ("memory", "redis", "jwt")]
 CART = [{"place": {"cart": p}} for p in ("memory", "redis", "client")]

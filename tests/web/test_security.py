@@ -8,7 +8,8 @@ import jwt
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.web.conftest import PASSWORD, SECRET, ShopFactory, login, register_and_login
+from tests.support import PASSWORD, login, register_and_login
+from tests.web.conftest import SECRET, ShopFactory
 
 
 def _token(**claims: object) -> str:
@@ -44,6 +45,15 @@ async def test_valid_forged_token_is_accepted_only_when_signed_right(shop: ShopF
     good = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {_token()}"})
     assert good.status_code == 200, "a well-formed token signed with the key is accepted"
     now = int(time.time())
+    # Complete and fresh: each of the last three tokens is wrong only in how it is signed.
+    claims: dict[str, object] = {
+        "sub": "1",
+        "jti": "x",
+        "iat": now,
+        "exp": now + 60,
+        "iss": "statelab",
+        "aud": "statelab-shop",
+    }
     bad_tokens = {
         "expired": _token(exp=now - 60, iat=now - 700),
         "no exp": _token(exp=None),
@@ -52,41 +62,10 @@ async def test_valid_forged_token_is_accepted_only_when_signed_right(shop: ShopF
         "wrong iss": _token(iss="evil"),
         "no iss": _token(iss=None),
         "forged signature": jwt.encode(
-            {
-                "sub": "1",
-                "jti": "x",
-                "iat": now,
-                "exp": now + 60,
-                "iss": "statelab",
-                "aud": "statelab-shop",
-            },
-            "another-secret-of-sufficient-length",
-            algorithm="HS256",
-            headers={"kid": "k1"},
+            claims, "another-secret-of-sufficient-length", algorithm="HS256", headers={"kid": "k1"}
         ),
-        "unknown kid": jwt.encode(
-            {
-                "sub": "1",
-                "jti": "x",
-                "iat": now,
-                "exp": now + 60,
-                "iss": "statelab",
-                "aud": "statelab-shop",
-            },
-            SECRET,
-            algorithm="HS256",
-            headers={"kid": "k9"},
-        ),
-        "alg none": _unsigned(
-            {
-                "sub": "1",
-                "jti": "x",
-                "iat": now,
-                "exp": now + 60,
-                "iss": "statelab",
-                "aud": "statelab-shop",
-            }
-        ),
+        "unknown kid": jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": "k9"}),
+        "alg none": _unsigned(claims),
         "garbage": "not.a.token",
     }
     for name, token in bad_tokens.items():

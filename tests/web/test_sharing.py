@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.web.conftest import ShopFactory, register_and_login, share_login
+from tests.support import register_and_login, share_login
+from tests.web.conftest import ShopFactory
 
 
 @pytest.mark.parametrize("profile", ["stateless", "token"])
