@@ -155,7 +155,10 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results here.")
     ] = None,
-    seconds: Annotated[int, typer.Option(help="Measured seconds per profile.")] = 10,
+    seconds: Annotated[int, typer.Option(help="Measured seconds per profile and round.")] = 5,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds; profiles take turns, the median is reported.")
+    ] = 3,
     connections: Annotated[int, typer.Option(help="Concurrent connections (users).")] = 32,
     max_replicas: Annotated[
         int, typer.Option(help="Scale-out curve up to this many replicas (0: skip it).")
@@ -168,7 +171,11 @@ def bench(
 
     _logging("WARNING")
     result = run(
-        seconds=seconds, connections=connections, users=connections, max_replicas=max_replicas
+        seconds=seconds,
+        connections=connections,
+        users=connections,
+        max_replicas=max_replicas,
+        rounds=rounds,
     )
     print_bench(result)
     if json_path is not None:

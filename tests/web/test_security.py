@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
@@ -244,3 +245,16 @@ async def test_a_session_in_use_outlives_its_idle_timeout(shop: ShopFactory, pro
     for _ in range(4):  # 4 x 1.2 s = 4.8 s, more than twice the idle timeout
         await _sleep(1.2)
         assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
+
+
+async def test_a_token_accepted_once_is_refused_after_it_expires(shop: ShopFactory) -> None:
+    """Replicas remember tokens they verified; expiry must still end them."""
+    client = await shop("token")
+    await register_and_login(client)
+    client.cookies.clear()
+    now = int(time.time())
+    short = _token(jti="short", iat=now, exp=now + 1)
+    headers = {"Authorization": f"Bearer {short}"}
+    assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
+    await asyncio.sleep(1 + 5 + 0.5)  # past exp and the 5 s clock-skew leeway
+    assert (await client.get("/api/auth/me", headers=headers)).status_code == 401

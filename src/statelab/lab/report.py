@@ -87,14 +87,16 @@ def print_report(report: Report, console: Console | None = None) -> None:
 
 
 def print_bench(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 120))
     table = Table(title=f"statelab bench: {result['workload']}")
-    for column in ("profile", "requests/s", "p50 ms", "p99 ms", "errors", "ratio to stateful"):
+    columns = ("profile", "requests/s", "rounds", "p50 ms", "p99 ms", "errors", "ratio to stateful")
+    for column in columns:
         table.add_column(column, justify="left" if column == "profile" else "right")
     for profile, m in result["profiles"].items():
         table.add_row(
             profile,
             f"{m['rps']:.0f}",
+            " ".join(f"{r:.0f}" for r in m.get("rounds_rps", [])),
             f"{m['p50_ms']:.1f}",
             f"{m['p99_ms']:.1f}",
             str(m["errors"]),
