@@ -29,10 +29,10 @@ from statelab.db.migrate import upgrade
 from tests.chat.support import (
     Balancer,
     ChatClient,
-    Login,
     Replica,
     api,
     is_type,
+    joined,
     login,
     new_room,
     sqlite_database,
@@ -51,13 +51,6 @@ def summary(name: str, seconds: list[float]) -> str:
         f"{name}: n={len(ms)} p50={percentile(ms, 50):.1f} ms p90={percentile(ms, 90):.1f} ms "
         f"p99={percentile(ms, 99):.1f} ms max={max(ms):.1f} ms"
     )
-
-
-async def joined(target: Replica | Balancer, who: Login, room: str) -> ChatClient:
-    client = await ChatClient.open(target, who)
-    await client.send(type="join", room=room)
-    await client.wait(is_type("unread", room=room))
-    return client
 
 
 async def latency(r1: Replica, r2: Replica, rate: float, count: int) -> None:

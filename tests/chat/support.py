@@ -270,3 +270,11 @@ async def wait_until(check: Callable[[], Any], timeout: float, step: float = 0.1
             return time.monotonic() - started
         await asyncio.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+async def joined(target: Target, who: Login, room: str) -> ChatClient:
+    """A socket that joined ``room`` (the ``unread`` frame confirms the join)."""
+    client = await ChatClient.open(target, who)
+    await client.send(type="join", room=room)
+    await client.wait(is_type("unread", room=room))
+    return client

@@ -21,6 +21,7 @@ from tests.chat.support import (
     Replica,
     api,
     is_type,
+    joined,
     login,
     new_room,
     unique,
@@ -28,13 +29,6 @@ from tests.chat.support import (
 )
 
 PRESENCE_TTL = 3.0  # STATELAB_CHAT_PRESENCE_TTL_SECONDS of the test replicas
-
-
-async def joined(replica: Replica, who: Login, room: str) -> ChatClient:
-    client = await ChatClient.open(replica, who)
-    await client.send(type="join", room=room)
-    await client.wait(is_type("unread", room=room))
-    return client
 
 
 async def send_from(client: ChatClient, room: str, ids: list[str], window: int = 20) -> int:

@@ -15,20 +15,13 @@ from tests.chat.support import (
     Replica,
     api,
     is_type,
+    joined,
     login,
     new_room,
     unique,
 )
 
 Pair = tuple[Replica, Replica]
-
-
-async def joined(replica: Replica, who: Login, room: str) -> ChatClient:
-    """A socket that joined ``room`` (the ``unread`` frame confirms the join)."""
-    client = await ChatClient.open(replica, who)
-    await client.send(type="join", room=room)
-    await client.wait(is_type("unread", room=room))
-    return client
 
 
 async def probe(client: ChatClient) -> int:

@@ -262,6 +262,20 @@ def _file_info(row: models.StoredFile) -> FileInfo:
     )
 
 
+def _stored(new: NewFile, key: str, size: int) -> FileInfo:
+    """What is known of a new file once its bytes are stored under ``key``."""
+    return FileInfo(
+        id=new.file_id or new_file_id(),
+        owner_id=new.owner_id,
+        filename=new.filename,
+        content_type=new.content_type,
+        size=size,
+        object_key=key,
+        purpose=new.purpose,
+        order_id=new.order_id,
+    )
+
+
 class ObjectFiles:
     """Bytes in the shared object store, metadata in the SQL ``files`` table."""
 
@@ -275,16 +289,7 @@ class ObjectFiles:
         if new.file_id is not None and (known := await self.find(new.file_id)) is not None:
             return known
         key, size = await self._blobs.put(chunks)
-        info = FileInfo(
-            id=new.file_id or new_file_id(),
-            owner_id=new.owner_id,
-            filename=new.filename,
-            content_type=new.content_type,
-            size=size,
-            object_key=key,
-            purpose=new.purpose,
-            order_id=new.order_id,
-        )
+        info = _stored(new, key, size)
         try:
             with store_guard("database"):
                 async with self._sessions() as db, db.begin():
@@ -406,16 +411,7 @@ class DiskFiles:
         if new.file_id is not None and (known := await self.find(new.file_id)) is not None:
             return known
         key, size = await self._blobs.put(chunks)
-        info = FileInfo(
-            id=new.file_id or new_file_id(),
-            owner_id=new.owner_id,
-            filename=new.filename,
-            content_type=new.content_type,
-            size=size,
-            object_key=key,
-            purpose=new.purpose,
-            order_id=new.order_id,
-        )
+        info = _stored(new, key, size)
         async with self._lock:
             known = await asyncio.to_thread(self._load, info.id)
             if known is None:
