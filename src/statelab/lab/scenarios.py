@@ -1035,8 +1035,9 @@ def judge_chat(results: dict[str, Result]) -> Verdict:
     m, s = mem.metrics, shared.metrics
     detail = (
         f"memory: {m['lost']}/{m['expected_deliveries']} deliveries lost; redis: {s['lost']} lost, "
-        f"{s['duplicates']} duplicates, {s['reconnects']} reconnects caught up within "
-        f"{s['catch_up_s']} s"
+        f"{s['duplicates']} duplicates; {s['reconnects']} sockets reconnected within "
+        f"{s['max_reconnect_s']} s and had every message {s['catch_up_s']} s after the "
+        "last send"
     )
     if shared.held and m["lost"] > 0:
         return "confirmed", detail
@@ -1066,6 +1067,14 @@ def summary(r: Result) -> str:
         "redis-restart": lambda: (
             f"{m['items_lost']} writes lost, back in {m['seconds_to_recover']} s"
         ),
+        "chat": lambda: (
+            f"{m['lost']}/{m['expected_deliveries']} deliveries lost, {m['duplicates']} duplicates"
+        ),
+        "uploads": lambda: (
+            f"read on {m['readable_via_other_replicas']}/{m['other_replicas']} other replicas, "
+            f"{m['readable_after_uploader_killed']}/{m['reads_after_kill']} after a kill"
+        ),
+        "jobs": lambda: f"{m['lost_jobs']}/{m['orders']} receipts lost",
     }.get(r.name)
     mark = "" if r.held else " [invariant VIOLATED]"
     return f"{r.name}: {text() if text else 'ran'}{mark}"

@@ -109,7 +109,6 @@ def _check_csrf(request: Request, stores: Stores, caller: Caller) -> None:
 async def get_caller(request: Request, stores: StoresDep) -> Caller:
     caller = await _resolve(request, stores)
     _check_csrf(request, stores, caller)
-    request.state.caller = caller
     return caller
 
 
