@@ -127,6 +127,9 @@ def scenario(
     profile: ProfileOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json")] = None,
     quick: Annotated[bool, typer.Option(help="A smaller workload.")] = False,
+    sessions: Annotated[
+        int | None, typer.Option(min=10, help="memory: sessions to hold [default: 10000].")
+    ] = None,
 ) -> None:
     """Run one scenario in one profile and print what it measured."""
     from statelab.lab.demo import UnknownName, run_demo
@@ -135,7 +138,7 @@ def scenario(
     _logging("WARNING")
     profiles = [profile.value] if profile else None
     try:
-        report = run_demo([name], profiles, quick=quick)
+        report = run_demo([name], profiles, quick=quick, sessions=sessions)
     except UnknownName as exc:
         raise fail(str(exc)) from exc
     print_report(report)

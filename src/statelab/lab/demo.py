@@ -52,6 +52,7 @@ def run_demo(
     quick: bool = False,
     run_root: Path | None = None,
     console: Console | None = None,
+    sessions: int | None = None,
 ) -> Report:
     runs = select(scenarios, profiles)
     report = Report(started=now())
@@ -64,7 +65,8 @@ def run_demo(
         task = progress.add_task("lab", total=len(runs))
         for scenario, profile in runs:
             progress.update(task, description=f"{scenario.name} / {profile}")
-            report.results.append(asyncio.run(run_scenario(scenario, profile, root, quick)))
+            played = run_scenario(scenario, profile, root, quick, sessions)
+            report.results.append(asyncio.run(played))
             progress.advance(task)
     judge(report)
     return report

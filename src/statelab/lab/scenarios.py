@@ -60,6 +60,7 @@ class Context:
     profile: str
     quick: bool
     log: Log = field(default_factory=Log)
+    sessions: int | None = None  # the memory scenario's largest size, when asked
 
     @property
     def url(self) -> str:
@@ -582,14 +583,18 @@ def judge_scale_out(results: dict[str, Result]) -> Verdict:
 
 
 async def play_memory(ctx: Context) -> Result:
-    """Sessions held in the replica vs in Redis: bytes per session."""
-    count = ctx.scale(3000, 10_000)
+    """Sessions held in the replica vs in Redis: bytes per session, at a tenth of the
+    size and at the size (10 000 by default; ``statelab scenario memory --sessions``)."""
+    top = ctx.sessions or ctx.scale(3000, 10_000)
+    sizes = (top // 10, top)
     status = await ctx.deployment.status()
     replica = status["replicas"][0]
     redis_url = (status.get("redis") or {}).get("url")
     rss_before = await _rss(replica["url"])
     redis_before = await _redis_used(redis_url)
     name = f"mem-{uuid.uuid4().hex[:6]}"
+    points: list[dict[str, int]] = []
+    made = 0
     async with httpx.AsyncClient(base_url=replica["url"], timeout=30) as client:
         creds = {"username": name, "password": "lab-password-123"}
         await client.post("/api/auth/register", json=creds)
@@ -600,23 +605,35 @@ async def play_memory(ctx: Context) -> Result:
                 r = await client.post("/api/auth/login", json=creds, headers={"Cookie": ""})
                 return r.status_code == 200
 
-        made = sum(await asyncio.gather(*(login() for _ in range(count))))
-    rss_after = await _rss(replica["url"])
-    redis_after = await _redis_used(redis_url)
+        failed = 0
+        for size in sizes:
+            while made + failed < size:  # in batches: 100 000 logins are not 100 000 tasks
+                batch = min(2000, size - made - failed)
+                ok = sum(await asyncio.gather(*(login() for _ in range(batch))))
+                made, failed = made + ok, failed + batch - ok
+            points.append(
+                {
+                    "sessions": made,
+                    "replica_rss_growth_bytes": await _rss(replica["url"]) - rss_before,
+                    "redis_growth_bytes": await _redis_used(redis_url) - redis_before,
+                }
+            )
     result = Result("memory", ctx.profile)
-    per_replica = (rss_after - rss_before) / max(1, made)
-    per_redis = (redis_after - redis_before) / max(1, made) if redis_url else 0.0
+    final = points[-1]
+    per_replica = final["replica_rss_growth_bytes"] / max(1, made)
+    per_redis = final["redis_growth_bytes"] / max(1, made) if redis_url else 0.0
     held_in = "replica" if ctx.profile == "stateful" else "redis"
     per_session = per_replica if held_in == "replica" else per_redis
     result.metrics = {
         "sessions": made,
         "sessions_held_in": held_in,
-        "replica_rss_growth_bytes": rss_after - rss_before,
+        "points": points,
+        "replica_rss_growth_bytes": final["replica_rss_growth_bytes"],
         "replica_bytes_per_session": round(per_replica),
         "redis_bytes_per_session": round(per_redis),
         "sessions_per_gib": int(2**30 / per_session) if per_session > 0 else None,
     }
-    result.invariants = {"every login made a session": made == count}
+    result.invariants = {"every login made a session": made == sizes[-1]}
     return result
 
 
@@ -656,6 +673,12 @@ def judge_memory(results: dict[str, Result]) -> Verdict:
         f"measured over {mem.metrics['sessions']} sessions); in Redis {redis_per} bytes each, "
         "outside the replica"
     )
+    steps = [
+        f"{p['replica_rss_growth_bytes'] // max(1, p['sessions'])} B/login at {p['sessions']}"
+        for p in mem.metrics.get("points", [])
+    ]
+    if steps:
+        detail += f" (stateful replica growth: {', '.join(steps)})"
     if per <= 0:
         return "refuted", detail
     return "partly true", detail + ": RAM is a cap, but far above typical sessions per replica"
@@ -1170,12 +1193,14 @@ SCENARIOS: dict[str, Scenario] = {
 }  # fmt: skip
 
 
-async def run_scenario(scenario: Scenario, profile: str, run_root: Path, quick: bool) -> Result:
+async def run_scenario(
+    scenario: Scenario, profile: str, run_root: Path, quick: bool, sessions: int | None = None
+) -> Result:
     """One scenario in one profile, in a deployment of its own."""
     run_dir = run_root / f"{scenario.name}-{profile}"
     with Deployment(
         run_dir, profile, scenario.replicas, scenario.place, scenario.env
     ) as deployment:
-        result = await scenario.play(Context(deployment, profile, quick))
+        result = await scenario.play(Context(deployment, profile, quick, sessions=sessions))
     result.claims = scenario.claims
     return result
