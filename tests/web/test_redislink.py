@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from statelab.cluster.servers import RedisServer
 from statelab.domain.errors import Unavailable
 from statelab.state.errors import store_guard
-from statelab.state.redislink import RedisLink, Script
+from statelab.state.redislink import RedisLink, Script, _checked
 
 
 @pytest.fixture
@@ -120,3 +120,13 @@ async def test_url_password_and_database_are_used(redis_url: str) -> None:
             await link.aclose()
     with pytest.raises(ValueError, match="redis://"):
         RedisLink.from_url("rediss://127.0.0.1:1/0")
+
+
+def test_a_redis_still_loading_is_unavailable_not_an_error() -> None:
+    """A restarted Redis answers LOADING while it replays its AOF: that is a 503."""
+    loading = ResponseError("LOADING Redis is loading the dataset in memory")
+    with pytest.raises(Unavailable, match="redis"), store_guard("redis"):
+        _checked(loading)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        _checked(ResponseError("WRONGTYPE Operation against a key holding the wrong kind"))
+    assert _checked("OK") == "OK"

@@ -37,6 +37,21 @@ Arg = str | bytes | int | float
 Command = Sequence[Arg]
 
 
+#: Error replies that say the server cannot serve yet, not that the command was wrong:
+#: a restarted Redis answers LOADING while it replays its append-only file.
+_NOT_READY = ("LOADING", "MASTERDOWN")
+
+
+def _checked(reply: Any) -> Any:
+    """The reply, or its error raised: ``ConnectionError`` (a 503 through
+    ``store_guard``) for a server not ready, else ``ResponseError``."""
+    if isinstance(reply, ResponseError):
+        if str(reply).startswith(_NOT_READY):
+            raise ConnectionError(f"Redis is not ready: {reply}")
+        raise reply
+    return reply
+
+
 def _pack(command: Command) -> bytes:
     packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # stub: 1-tuple
     return packed
@@ -134,25 +149,21 @@ class RedisLink:
     async def call(self, *args: Arg) -> Any:
         """One command; an error reply raises ``redis.exceptions.ResponseError``."""
         (reply,) = await self._send([args], 1)
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return _checked(reply)
 
     async def batch(self, commands: Sequence[Command], *, transaction: bool = False) -> list[Any]:
         """Several commands in one round trip; with ``transaction`` inside MULTI/EXEC,
         so no other client's command runs between them. Raises the first error reply."""
         if transaction:
             replies = await self._send([("MULTI",), *commands, ("EXEC",)], len(commands) + 2)
-            results = replies[-1]
-            errors = [r for r in replies if isinstance(r, ResponseError)]
-            if errors or results is None:  # EXECABORT, or a WATCHed key changed
-                raise errors[-1] if errors else ResponseError("transaction aborted")
+            for reply in replies[:-1]:  # MULTI's OK, QUEUED each (or why not)
+                _checked(reply)
+            results = _checked(replies[-1])  # EXECABORT raises here
+            if results is None:  # a WATCHed key changed
+                raise ResponseError("transaction aborted")
         else:
             results = await self._send(commands, len(commands))
-        for result in results:
-            if isinstance(result, ResponseError):
-                raise result
-        return list(results)
+        return [_checked(result) for result in results]
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """EVALSHA, falling back to EVAL (which caches the script) when Redis lacks it."""
