@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from statelab.lab.bench import _LUA, _login_users, parse_wrk
+from statelab.lab.bench import CART_LUA, login_users, parse_wrk
 from statelab.lab.deployment import Deployment
 
 
@@ -58,8 +58,8 @@ def _sessions_alive(url: str, users_file: Path) -> int:
 def measure(profile: str, kills: int, root: Path) -> None:
     with Deployment(root / profile, profile, replicas=3) as deployment:
         users_file, script = root / f"{profile}.users", root / f"{profile}.lua"
-        _login_users(deployment.shop_url, 32, users_file)
-        script.write_text(_LUA % {"users": users_file})
+        login_users(deployment.shop_url, 32, users_file)
+        script.write_text(CART_LUA % {"users": users_file})
         seconds = 4 + kills * 6
         argv = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script)]
         out: list[str] = []

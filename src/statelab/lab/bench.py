@@ -33,7 +33,7 @@ PROFILES = ("stateful", "stateless", "token")
 WORKLOAD = "cart: 4 x GET /api/cart per POST /api/cart/items, one logged-in user per connection"
 
 # wrk's Lua: each connection takes one user's credentials; 1 in 5 requests adds an item.
-_LUA = r"""
+CART_LUA = r"""
 local users = {}
 local counter = 0
 for line in io.lines("%(users)s") do users[#users + 1] = line end
@@ -107,7 +107,7 @@ def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> tuple[ManagedP
     return ManagedProcess(f"bench-{profile}", run_dir, argv, env=env, ready=ready), url
 
 
-def _login_users(url: str, count: int, users_file: Path) -> None:
+def login_users(url: str, count: int, users_file: Path) -> None:
     """Register and log in ``count`` users; write one credential line per user."""
     lines = []
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -211,9 +211,9 @@ def scale_out_curve(
                 for replica in status["replicas"]:
                     quota.limit(replica["id"], int(replica["pid"]))
                 users_file = run_root / f"scale-{n}.users"
-                _login_users(deployment.shop_url, connections, users_file)
+                login_users(deployment.shop_url, connections, users_file)
                 script = run_root / f"scale-{n}.lua"
-                script.write_text(_LUA % {"users": users_file})
+                script.write_text(CART_LUA % {"users": users_file})
                 _wrk(deployment.shop_url, script, connections, 2)
                 measured = _wrk(deployment.shop_url, script, connections, seconds)
             finally:
@@ -259,9 +259,9 @@ def run(
             replica, url = _replica(run_dir, profile, env)
             replicas.enter_context(replica)
             users_file = run_dir / f"{profile}.users"
-            _login_users(url, users, users_file)
+            login_users(url, users, users_file)
             script = run_dir / f"{profile}.lua"
-            script.write_text(_LUA % {"users": users_file})
+            script.write_text(CART_LUA % {"users": users_file})
             _wrk(url, script, connections, 2)  # warm up
             targets[profile] = (url, script)
         measured: dict[str, list[Result]] = {profile: [] for profile in profiles}

@@ -26,7 +26,7 @@ from statelab.domain.errors import LimitExceeded
 from statelab.domain.shop import CartLimits, CartLines
 from statelab.state import keys
 from statelab.state.errors import store_guard
-from statelab.state.redislink import RedisLink, Script
+from statelab.state.redislink import RedisLink, Script, pairs
 
 
 @dataclass(slots=True)
@@ -132,7 +132,7 @@ return redis.call('HGETALL', KEYS[1])
 
 
 def _lines_from_flat(flat: list[str]) -> CartLines:
-    return {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {int(item): int(qty) for item, qty in pairs(flat).items()}
 
 
 class RedisCarts:

@@ -52,6 +52,11 @@ def _checked(reply: Any) -> Any:
     return reply
 
 
+def pairs(flat: list[str]) -> dict[str, str]:
+    """An HGETALL reply (field, value, field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _pack(command: Command) -> bytes:
     packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # stub: 1-tuple
     return packed

@@ -19,7 +19,7 @@ import jwt
 
 from statelab.state import keys
 from statelab.state.errors import store_guard
-from statelab.state.redislink import RedisLink
+from statelab.state.redislink import RedisLink, pairs
 
 CredentialKind = Literal["cookie", "bearer"]
 
@@ -153,11 +153,6 @@ def _to_hash(session: Session) -> list[str]:
     ]
 
 
-def _pairs(flat: list[str]) -> dict[str, str]:
-    """An HGETALL reply (field, value, field, value, ...) as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 def _from_hash(sid: str, raw: dict[str, str]) -> Session | None:
     try:
         return Session(
@@ -173,12 +168,30 @@ def _from_hash(sid: str, raw: dict[str, str]) -> Session | None:
         return None
 
 
+async def _store_session(
+    redis: RedisLink, key: str, index: str, session: Session, ttl: int, index_ttl: int
+) -> None:
+    """The session's hash (expiring after ``ttl``) and its entry in the user's index,
+    from which expired entries are pruned; one transaction."""
+    with store_guard("redis"):
+        await redis.batch(
+            [
+                ("HSET", key, *_to_hash(session)),
+                ("EXPIRE", key, ttl),
+                ("ZADD", index, repr(session.expires_at), session.sid),
+                ("ZREMRANGEBYSCORE", index, "-inf", repr(time.time())),
+                ("EXPIRE", index, index_ttl),
+            ],
+            transaction=True,
+        )
+
+
 async def _load_sessions(
     redis: RedisLink, ids: list[str], key: Callable[[str], str]
 ) -> list[Session]:
     """The sessions stored under ``key(id)`` for each id, oldest first; one round trip."""
     raws = await redis.batch([("HGETALL", key(sid)) for sid in ids]) if ids else []
-    found = [_from_hash(sid, _pairs(raw)) for sid, raw in zip(ids, raws, strict=True) if raw]
+    found = [_from_hash(sid, pairs(raw)) for sid, raw in zip(ids, raws, strict=True) if raw]
     return sorted((s for s in found if s is not None), key=lambda s: s.created_at)
 
 
@@ -194,19 +207,14 @@ class RedisSessions:
 
     async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
         session = _new_session(user_id, username, user_agent, self._life)
-        index = keys.user_sessions(user_id)
-        key = keys.session(session.sid)
-        with store_guard("redis"):
-            await self._redis.batch(
-                [
-                    ("HSET", key, *_to_hash(session)),
-                    ("EXPIRE", key, self._life.idle),
-                    ("ZADD", index, repr(session.expires_at), session.sid),
-                    ("ZREMRANGEBYSCORE", index, "-inf", repr(time.time())),
-                    ("EXPIRE", index, self._life.absolute),
-                ],
-                transaction=True,
-            )
+        await _store_session(
+            self._redis,
+            keys.session(session.sid),
+            keys.user_sessions(user_id),
+            session,
+            ttl=self._life.idle,
+            index_ttl=self._life.absolute,
+        )
         return Issued(session, session.sid)
 
     async def resolve(self, credential: str) -> Session | None:
@@ -215,7 +223,7 @@ class RedisSessions:
         the effective idle timeout lies between 90% and 100% of the setting."""
         key = keys.session(credential)
         with store_guard("redis"):
-            raw = _pairs(await self._redis.call("HGETALL", key))
+            raw = pairs(await self._redis.call("HGETALL", key))
         session = _from_hash(credential, raw) if raw else None
         if session is None:
             return None
@@ -307,18 +315,7 @@ class JwtSessions:
     async def _record(self, session: Session) -> None:
         ttl = self._config.ttl
         index = keys.user_tokens(session.user_id)
-        key = keys.token(session.sid)
-        with store_guard("redis"):
-            await self._redis.batch(
-                [
-                    ("HSET", key, *_to_hash(session)),
-                    ("EXPIRE", key, ttl),
-                    ("ZADD", index, repr(session.expires_at), session.sid),
-                    ("ZREMRANGEBYSCORE", index, "-inf", repr(time.time())),
-                    ("EXPIRE", index, ttl),
-                ],
-                transaction=True,
-            )
+        await _store_session(self._redis, keys.token(session.sid), index, session, ttl, ttl)
 
     def decode(self, token: str) -> dict[str, Any] | None:
         """Verify signature, algorithm, issuer, audience and expiry; None if any fails.
@@ -382,7 +379,7 @@ class JwtSessions:
         return session
 
     async def revoke(self, session: Session) -> None:
-        ttl = max(1, int(session.expires_at - time.time()) + 5)
+        ttl = max(1, int(session.expires_at - time.time()) + _LEEWAY)
         with store_guard("redis"):
             await self._redis.batch(
                 [
@@ -404,7 +401,7 @@ class JwtSessions:
                 keys.denied_before(user_id),
                 repr(time.time()),
                 "EX",
-                self._config.ttl + 5,
+                self._config.ttl + _LEEWAY,
             )
             deletes = [("DEL", keys.token(jti)) for jti in jtis]
             await self._redis.batch([cutoff, *deletes, ("DEL", index)], transaction=True)
