@@ -14,6 +14,8 @@ from typing import Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from statelab.keyring import secret_problem
+
 
 class Profile(StrEnum):
     stateful = "stateful"
@@ -74,8 +76,6 @@ NEEDS_REDIS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-_DEV_SECRET_PREFIX = "dev-only-"
-
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or contradicts another one."""
@@ -125,9 +125,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     object_store_url: str | None = None
 
-    # Secrets: a random one per process is only usable with a single replica; a
-    # cluster passes one shared value. Placeholders are refused.
-    secret_key: str = Field(default_factory=lambda: _DEV_SECRET_PREFIX + secrets.token_hex(16))
+    # Secrets: a random one per process (the development key) is only usable with
+    # a single replica; a cluster passes one shared value. Weak ones are refused
+    # (the rule: statelab.keyring). Every key is derived from it, one per purpose.
+    secret_key: str = Field(default_factory=lambda: secrets.token_hex(32))
     jwt_keys: dict[str, str] = Field(default_factory=dict)
     jwt_active_kid: str = "k1"
     jwt_issuer: str = "statelab"
@@ -149,6 +150,17 @@ class Settings(BaseSettings):
     max_client_cart_bytes: int = 3000
     max_message_chars: int = 2000
     idempotency_ttl_seconds: int = 24 * 3600
+    # Bounds of what a replica keeps in memory (placements memory), so a flood of
+    # visitors or logins cannot grow it without limit; what gives way first is
+    # documented in state/cart.py, state/session.py and state/ratelimit.py.
+    max_memory_carts: int = Field(default=100_000, ge=1)
+    max_memory_sessions: int = Field(default=100_000, ge=1)
+    max_sessions_per_user: int = Field(default=50, ge=1)
+    max_rate_windows: int = Field(default=100_000, ge=1)
+    max_verified_tokens: int = Field(default=50_000, ge=1)
+    # Largest image decoded for a thumbnail, in pixels (width x height): decoding
+    # holds up to 4 bytes a pixel, so 24 megapixels (a 6000x4000 photo) ~ 96 MB.
+    max_image_pixels: int = Field(default=24_000_000, ge=1)
     graceful_timeout_seconds: float = 10.0
     drain_seconds: float = 1.0
     argon2_time_cost: int = 2
@@ -168,19 +180,19 @@ class Settings(BaseSettings):
 
     @field_validator("secret_key")
     @classmethod
-    def _refuse_placeholder(cls, value: str) -> str:
-        if value.lower() in {"changeme", "change-me", "secret", ""} or len(value) < 16:
-            raise ValueError("secret_key must be at least 16 characters and not a placeholder")
+    def _strong_secret(cls, value: str) -> str:
+        problem = secret_problem(value)
+        if problem is not None:
+            raise ValueError(f"STATELAB_SECRET_KEY {problem}")
         return value
 
     @field_validator("jwt_keys")
     @classmethod
     def _strong_jwt_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        short = [kid for kid, key in value.items() if len(key.encode()) < 32]
-        if short:
-            raise ValueError(
-                f"jwt key(s) {', '.join(short)} shorter than 32 bytes (HS256 needs 32)"
-            )
+        for kid, key in value.items():
+            problem = secret_problem(key)
+            if problem is not None:
+                raise ValueError(f"jwt key {kid!r} {problem}")
         return value
 
     @field_validator("redis_url")
@@ -218,9 +230,10 @@ class Settings(BaseSettings):
         return database_url_async(self.database_url)
 
     @property
-    def signing_keys(self) -> dict[str, str]:
-        """JWT keys by ``kid``; without explicit keys one is derived from the secret."""
-        return self.jwt_keys or {self.jwt_active_kid: self.secret_key}
+    def development_secret(self) -> bool:
+        """Whether the secret is this process's random development key (none was
+        given): nothing it signs can be verified by another replica or a restart."""
+        return "secret_key" not in self.model_fields_set
 
 
 def build_settings(**values: Any) -> Settings:

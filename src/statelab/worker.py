@@ -7,11 +7,16 @@ Jobs (``perform_job`` runs one, in a replica for ``jobs=inprocess`` or in
   order's receipt, stores it as a file of the buyer and attaches it to the order
   (``Ledger.set_receipt``).
 - ``thumbnail`` (payload ``{"file_id": ID}``): makes a thumbnail of an uploaded
-  photo with Pillow, stores it and attaches it to the photo.
+  photo with Pillow, stores it and attaches it to the photo. The photo is decoded
+  only as the type it was sniffed as at upload, only if its header's canvas is
+  within ``max_image_pixels``, and by at most ``DECODE_SLOTS`` threads of a process
+  at once, so decoding holds at most DECODE_SLOTS x max_image_pixels x 4 bytes.
+  A photo refused by these rules gets no thumbnail: the job ends, logged, unfailed.
 
 A queued job runs at least once: a redelivered job runs again from the start.
 So every effect is written once whatever the number of runs: the output file's
-id is derived from the job's subject (an HMAC of the order or photo id), a second
+id is derived from the job's subject (an HMAC of the order or photo id under the
+key of that purpose, ``stores.keys.file_ids``), a second
 write of that id keeps the first file, and attaching is a conditional update
 that only fills an empty field.
 
@@ -30,11 +35,13 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from redis.asyncio import Redis
 from saq import Worker
 from saq.job import Job
@@ -42,9 +49,10 @@ from saq.types import Context
 
 from statelab.config import ConfigError, Settings
 from statelab.db.migrate import check_migrated_sync
+from statelab.domain.errors import InvalidInput
 from statelab.state import Stores, keys, open_stores
 from statelab.state.errors import store_guard
-from statelab.state.files import NewFile, clean_filename
+from statelab.state.files import PILLOW_FORMATS, NewFile, check_image_header, clean_filename
 from statelab.state.jobs import QUEUE_FUNCTION, JobPolicy, QueueJobs
 
 log = logging.getLogger(__name__)
@@ -53,13 +61,17 @@ RECEIPT = "receipt"
 THUMBNAIL = "thumbnail"
 #: Longest side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 256
-#: Images larger than this are not decoded (a small file can claim a huge canvas).
-MAX_IMAGE_PIXELS = 40_000_000
+#: Images one process decodes at once: with the pixel budget, this bounds the memory
+#: thumbnails take whatever the number of jobs running.
+DECODE_SLOTS = 2
+_decoding = threading.BoundedSemaphore(DECODE_SLOTS)
+#: What Pillow raises for an image it cannot (or will not) decode.
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, EOFError, DecompressionBombError)
 
 
-def derived_id(secret: str, kind: str, subject: str) -> str:
-    """The id of a job's output file: fixed for one subject, unguessable without the secret."""
-    mac = hmac.new(secret.encode(), f"{kind}:{subject}".encode(), hashlib.sha256)
+def derived_id(key: bytes, kind: str, subject: str) -> str:
+    """The id of a job's output file: fixed for one subject, unguessable without the key."""
+    mac = hmac.new(key, f"{kind}:{subject}".encode(), hashlib.sha256)
     return mac.hexdigest()[:32]
 
 
@@ -104,7 +116,7 @@ async def make_receipt(stores: Stores, payload: dict[str, Any]) -> bool:
         order_id=order_id if stores.ledger.name == "db" else None,
         # The creation time tells apart orders of databases reset under one store.
         file_id=derived_id(
-            stores.settings.secret_key, RECEIPT, f"{order_id}:{order.get('created_at', '')}"
+            stores.keys.file_ids, RECEIPT, f"{order_id}:{order.get('created_at', '')}"
         ),
     )
     info = await stores.files.create(new, _once(render_receipt(order).encode()))
@@ -119,22 +131,35 @@ async def make_receipt(stores: Stores, payload: dict[str, Any]) -> bool:
 # -------------------------------------------------------------------- thumbnail
 
 
-def render_thumbnail(data: bytes) -> bytes | None:
-    """A PNG at most ``THUMBNAIL_SIZE`` pixels on a side, or None for an unreadable image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                return None
-            img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))  # JPEG: decode at low size
-            small = ImageOps.exif_transpose(img)
-            small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            if small.mode not in ("RGB", "RGBA", "L", "LA"):
-                small = small.convert("RGBA")
-            out = io.BytesIO()
-            small.save(out, "PNG", optimize=True)  # no EXIF: the thumbnail carries no metadata
-            return out.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
+def render_thumbnail(data: bytes, content_type: str, max_pixels: int) -> bytes:
+    """A PNG at most ``THUMBNAIL_SIZE`` pixels on a side of an image of ``content_type``
+    (as sniffed at upload); ``InvalidInput`` for an image that is refused or unreadable.
+    Blocking: run it in a thread."""
+    # The header first: a WebP decoder allocates its whole canvas as it opens.
+    check_image_header(data, content_type, max_pixels)
+    with _decoding:
+        try:
+            return _render(data, PILLOW_FORMATS[content_type], max_pixels)
+        except _UNREADABLE as exc:
+            why = exc.__class__.__name__
+            raise InvalidInput(f"the image cannot be decoded as {content_type} ({why})") from exc
+
+
+def _render(data: bytes, kind: str, max_pixels: int) -> bytes:
+    with Image.open(io.BytesIO(data), formats=[kind]) as img:
+        # Pillow's own reading of the header is what decodes: should it disagree with
+        # the one checked before, check it too before any pixel is decoded.
+        if img.width * img.height > max_pixels:
+            raise InvalidInput(f"the image is {img.width}x{img.height} pixels: over budget")
+        img.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))  # JPEG: decode at low size
+        img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        # Turned upright after shrinking, so no full-size copy is ever made.
+        small = ImageOps.exif_transpose(img)
+        if small.mode not in ("RGB", "RGBA", "L", "LA"):
+            small = small.convert("RGBA")
+        out = io.BytesIO()
+        small.save(out, "PNG", optimize=True)  # no EXIF: the thumbnail carries no metadata
+        return out.getvalue()
 
 
 async def make_thumbnail(stores: Stores, payload: dict[str, Any]) -> bool:
@@ -144,9 +169,11 @@ async def make_thumbnail(stores: Stores, payload: dict[str, Any]) -> bool:
     if photo is None or photo.purpose != "photo" or photo.thumbnail is not None:
         return False  # deleted meanwhile, or done by an earlier run
     data = b"".join([chunk async for chunk in await stores.files.read(photo)])
-    thumb = await asyncio.to_thread(render_thumbnail, data)
-    if thumb is None:
-        log.warning("photo %s could not be decoded: no thumbnail", file_id)
+    budget = stores.settings.max_image_pixels
+    try:
+        thumb = await asyncio.to_thread(render_thumbnail, data, photo.content_type, budget)
+    except InvalidInput as exc:
+        log.warning("photo %s gets no thumbnail: %s", file_id, exc.detail)
         return False
     stem = clean_filename(photo.filename).rsplit(".", 1)[0]
     new = NewFile(
@@ -154,7 +181,7 @@ async def make_thumbnail(stores: Stores, payload: dict[str, Any]) -> bool:
         filename=clean_filename(f"{stem}-thumbnail.png"),
         content_type="image/png",
         purpose=THUMBNAIL,
-        file_id=derived_id(stores.settings.secret_key, THUMBNAIL, file_id),
+        file_id=derived_id(stores.keys.file_ids, THUMBNAIL, file_id),
     )
     info = await stores.files.create(new, _once(thumb))
     await _hold(stores.settings, f"thumbnail of {file_id}")

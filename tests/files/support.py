@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from statelab.cluster.servers import ManagedProcess, PortedProcess
+from statelab.cluster.servers import ManagedProcess, free_port
 from statelab.config import build_settings
 from statelab.web.app import create_app
 from tests.support import PROCESS_ENV, answers_ok
@@ -209,22 +209,19 @@ def replica_process(
     *place: str,
     profile: str = "stateless",
     **extra_env: str,
-) -> PortedProcess:
-    """``statelab serve`` on a port of its own (``http_url``, once it started); ready
-    when ``/readyz`` answers 200."""
-    argv = ["serve", "--profile", profile, "--replica-id", replica_id]
+) -> tuple[ManagedProcess, str]:
+    """``statelab serve`` on a free port; ready when ``/readyz`` answers 200."""
+    port = free_port()
+    argv = ["serve", "--profile", profile, "--port", str(port), "--replica-id", replica_id]
     argv += ["--redis-url", redis_url, "--database-url", database_url]
     for p in place:
         argv += ["--place", p]
-    return PortedProcess(
+    url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess(
         replica_id,
         run_dir,
-        lambda port: statelab(*argv, "--port", str(port)),
+        statelab(*argv),
         env=env(STATELAB_DATA_DIR=str(run_dir / replica_id), **extra_env),
-        ready=lambda port: answers_ok(f"http://127.0.0.1:{port}/readyz"),
+        ready=lambda: answers_ok(f"{url}/readyz"),
     )
-
-
-def http_url(process: PortedProcess) -> str:
-    """Where ``process`` serves HTTP (its port may change until it has started)."""
-    return f"http://{process.address}"
+    return process, url

@@ -17,7 +17,7 @@ import pytest
 from statelab.config import build_settings
 from statelab.web.app import create_app
 
-SECRET = "test-secret-0123456789abcdef0123456789"
+SECRET = "web-tests-fd6c19410d89cb188302138e1050ded70c9a9191826655a9794767adea83d783"
 
 
 class Shop:

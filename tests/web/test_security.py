@@ -9,6 +9,7 @@ import jwt
 import pytest
 from sqlalchemy import create_engine, text
 
+from statelab.keyring import derive
 from tests.support import PASSWORD, login, register_and_login
 from tests.web.conftest import SECRET, ShopFactory
 
@@ -26,7 +27,8 @@ def _token(**claims: object) -> str:
     }
     base.update(claims)
     payload = {k: v for k, v in base.items() if v is not None}
-    return jwt.encode(payload, SECRET, algorithm="HS256", headers={"kid": "k1"})
+    key = derive(SECRET, "jwt")  # the JWT purpose's key, derived from the secret
+    return jwt.encode(payload, key, algorithm="HS256", headers={"kid": "k1"})
 
 
 def _unsigned(payload: dict[str, object]) -> str:
@@ -80,7 +82,10 @@ async def test_key_rotation_accepts_old_kid_and_signs_with_new(shop: ShopFactory
     token = headers["Authorization"].removeprefix("Bearer ")
     rotated = await shop(
         "token",
-        jwt_keys={"k1": SECRET, "k2": "second-key-0123456789abcdef-0123456789"},
+        jwt_keys={
+            "k1": SECRET,
+            "k2": "a7594a08975eef0784c206252ca88e31e2df06d488cf8cf2e23be66a3c637235",
+        },
         jwt_active_kid="k2",
     )
     assert (await rotated.get("/api/auth/me", headers=headers)).status_code == 200

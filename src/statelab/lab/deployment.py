@@ -1,10 +1,6 @@
 """A deployment under test: ``statelab up`` in its own process, driven through its
 control API. The lab never reaches into it otherwise — the same scenarios could
-run against any deployment that offers the shop's URL and a control API.
-
-The deployment chooses its own ports (``--port 0 --control-port 0``) and the lab
-reads them from its ``cluster.json``: a port picked here and passed on could be
-taken by someone else before ``statelab up`` binds it."""
+run against any deployment that offers the shop's URL and a control API."""
 
 from __future__ import annotations
 
@@ -17,19 +13,22 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from statelab.cluster.control import ControlClient
-from statelab.cluster.servers import ManagedProcess
+from statelab.cluster.servers import ManagedProcess, free_port
 from statelab.cluster.supervisor import ClusterError, read_state
 
 # Lab deployments create thousands of sessions, and its customers order hundreds
 # of pizzas: production-strength argon2 would make the lab measure password
-# hashing, and the cart limits would refuse the load. Every other setting is the
-# default.
+# hashing, and the cart limits would refuse the load. The memory scenario logs one
+# account in up to 100 000 times: past the session bounds of a replica. Every
+# other setting is the default.
 LAB_ENV = {
     "STATELAB_ARGON2_TIME_COST": "1",
     "STATELAB_ARGON2_MEMORY_KIB": "1024",
     "STATELAB_MAX_LINE_QUANTITY": "1000000",
     "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "1000000",
     "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "1000000",
+    "STATELAB_MAX_SESSIONS_PER_USER": "1000000",
+    "STATELAB_MAX_MEMORY_SESSIONS": "1000000",
 }
 
 
@@ -47,10 +46,11 @@ class Deployment:
         self.run_dir = run_dir
         self.profile = profile
         self.replicas = replicas
+        self.port = free_port()
         argv = [
             sys.executable, "-m", "statelab", "up", "--profile", profile,
-            "--replicas", str(replicas), "--port", "0", "--control-port", "0",
-            "--run-dir", str(run_dir), "--fresh",
+            "--replicas", str(replicas), "--port", str(self.port),
+            "--control-port", str(free_port()), "--run-dir", str(run_dir), "--fresh",
         ]  # fmt: skip
         for kind, placement in (place or {}).items():
             argv += ["--place", f"{kind}={placement}"]
@@ -62,18 +62,15 @@ class Deployment:
             ready=self._all_up,
         )
         self._control: ControlClient | None = None
-        self.shop_url = ""  # known once it is up
+        self.shop_url = f"http://127.0.0.1:{self.port}"
 
     def _all_up(self) -> bool:
-        state = read_state(self.run_dir)
-        # A cluster.json from an earlier run names someone else's ports.
-        if state is None or state.get("supervisor", {}).get("pid") != self._process.pid:
+        if read_state(self.run_dir) is None:
             return False
         try:
             status = ControlClient(self.run_dir, timeout=2).status()
         except ClusterError:
             return False
-        self.shop_url = str(status["shop_url"])
         return all(r["state"] == "up" for r in status["replicas"])
 
     def __enter__(self) -> Self:

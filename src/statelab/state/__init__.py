@@ -3,6 +3,7 @@ its placements; ``open_stores`` builds the set the settings ask for."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from statelab.config import Settings
 from statelab.db.engine import make_engine, sessionmaker
 from statelab.domain.shop import CartLimits
+from statelab.keyring import MAKE_SECRET, Keys
 from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts
 from statelab.state.chat import ChatLimits, ChatStore, MemoryChat, RedisChat
 from statelab.state.errors import store_guard
@@ -40,12 +42,15 @@ from statelab.state.session import (
 )
 from statelab.state.users import UserStore
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Stores:
     """Every store a replica uses, built for one set of placements."""
 
     settings: Settings
+    keys: Keys  # one per purpose, derived from settings.secret_key
     engine: AsyncEngine
     redis: Redis | None  # pub/sub, blocking and queue work (chat, jobs)
     link: RedisLink | None  # plain commands on the request path (sessions, carts, limits)
@@ -95,38 +100,40 @@ def make_redis(url: str) -> Redis:
     )
 
 
-def _session_store(settings: Settings, redis: RedisLink | None) -> SessionStore:
+def _session_store(settings: Settings, keys: Keys, redis: RedisLink | None) -> SessionStore:
     life = Lifetimes(settings.session_idle_seconds, settings.session_absolute_seconds)
     placement = settings.placement("session")
     if placement == "memory":
-        return MemorySessions(life)
+        return MemorySessions(life, settings.max_memory_sessions, settings.max_sessions_per_user)
     assert redis is not None  # Settings refuses these placements without a Redis URL
     if placement == "redis":
         return RedisSessions(redis, life)
     jwt_config = JwtConfig(
-        keys=settings.signing_keys,
+        keys=keys.jwt,
         active_kid=settings.jwt_active_kid,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl=settings.jwt_ttl_seconds,
+        verified_cache=settings.max_verified_tokens,
     )
     return JwtSessions(redis, jwt_config)
 
 
-def _cart_store(settings: Settings, redis: RedisLink | None) -> CartStore:
+def _cart_store(settings: Settings, keys: Keys, redis: RedisLink | None) -> CartStore:
     limits = CartLimits(settings.max_cart_lines, settings.max_line_quantity)
     placement = settings.placement("cart")
     if placement == "memory":
-        return MemoryCarts(limits)
+        # The same lifetime as a Redis cart's TTL, so both placements forget alike.
+        return MemoryCarts(limits, settings.session_absolute_seconds, settings.max_memory_carts)
     if placement == "client":
-        return ClientCarts(settings.secret_key, limits, settings.max_client_cart_bytes)
+        return ClientCarts(keys.cart, limits, settings.max_client_cart_bytes)
     assert redis is not None
     return RedisCarts(redis, limits, ttl=settings.session_absolute_seconds)
 
 
 def _rate_limiter(settings: Settings, redis: RedisLink | None) -> RateLimiter:
     if settings.placement("ratelimit") == "memory":
-        return MemoryRateLimiter()
+        return MemoryRateLimiter(settings.max_rate_windows)
     assert redis is not None
     return RedisRateLimiter(redis)
 
@@ -152,9 +159,22 @@ def _file_store(settings: Settings, db: async_sessionmaker[AsyncSession]) -> Fil
     return ObjectFiles(Blobs(object_store(url)), db)
 
 
+def _warn_development_secret(settings: Settings) -> None:
+    if settings.development_secret:
+        log.warning(
+            "STATELAB_SECRET_KEY is not set: this process signs with a random development "
+            "key that no other replica or worker (nor this one after a restart) can verify; "
+            "give them all the same STATELAB_SECRET_KEY (make one with: %s)",
+            MAKE_SECRET,
+        )
+
+
 @asynccontextmanager
 async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
-    """Build the stores for the settings' placements; close their connections after."""
+    """Build the stores for the settings' placements; close their connections after.
+    Logs a warning when the settings carry the per-process development secret."""
+    _warn_development_secret(settings)
+    keys = Keys.derive(settings.secret_key, settings.jwt_keys, settings.jwt_active_kid)
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis_url) if settings.redis_url else None
     link = RedisLink.from_url(settings.redis_url) if settings.redis_url else None
@@ -169,12 +189,13 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     try:
         yield Stores(
             settings=settings,
+            keys=keys,
             engine=engine,
             redis=redis,
             link=link,
             users=UserStore(db_sessions, hasher),
-            sessions=_session_store(settings, link),
-            carts=_cart_store(settings, link),
+            sessions=_session_store(settings, keys, link),
+            carts=_cart_store(settings, keys, link),
             ledger=ledger,
             ratelimit=_rate_limiter(settings, link),
             chat=_chat_store(settings, redis, db_sessions),

@@ -9,6 +9,19 @@
 A cart belongs to an *owner*: ``u:<user id>`` for a logged-in user, ``a:<random
 id>`` for an anonymous visitor. ``CartRef`` carries the owner and, for the client
 placement, the cookie value in and out.
+
+Memory carts are bounded, so a flood of anonymous visitors cannot grow a replica
+without limit. A cart is forgotten ``ttl`` seconds after its last change (what the
+Redis key's TTL does). At most ``max_carts`` are held; room for a new one is made,
+in this order, from:
+
+1. expired carts;
+2. anonymous visitors' carts, least recently changed first;
+3. only for a logged-in user's new cart: other users' carts, least recently
+   changed first.
+
+An anonymous visitor's new cart never displaces a user's: while every cart held
+belongs to a user, it is refused with ``Unavailable`` (503, Retry-After).
 """
 
 from __future__ import annotations
@@ -16,13 +29,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 from redis.exceptions import ResponseError
 
-from statelab.domain.errors import LimitExceeded
+from statelab.domain.errors import LimitExceeded, Unavailable
 from statelab.domain.shop import CartLimits, CartLines
 from statelab.state import keys
 from statelab.state.errors import store_guard
@@ -75,29 +91,92 @@ def _check_set(current: CartLines, item_id: int, quantity: int, limits: CartLimi
     return merged
 
 
+@dataclass(slots=True)
+class _Held:
+    lines: CartLines
+    changed: float  # clock time of the last change
+
+
 class MemoryCarts:
-    """Carts in this replica's memory. Single-threaded asyncio makes each change atomic."""
+    """Carts in this replica's memory, expiring and bounded (see the module docstring).
+    Single-threaded asyncio makes each change atomic."""
 
     name = "memory"
 
-    def __init__(self, limits: CartLimits) -> None:
+    def __init__(
+        self,
+        limits: CartLimits,
+        ttl: float,
+        max_carts: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limits = limits
-        self._carts: dict[str, CartLines] = {}
+        self._ttl = ttl
+        self._max = max_carts
+        self._clock = clock
+        # Least recently changed first, so expired and evictable carts are in front.
+        self._anonymous: OrderedDict[str, _Held] = OrderedDict()
+        self._users: OrderedDict[str, _Held] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._anonymous) + len(self._users)
 
     async def get(self, ref: CartRef) -> CartLines:
-        return dict(self._carts.get(ref.owner, {}))
+        return dict(self._lines(ref.owner))
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
-        self._carts[ref.owner] = _check_add(self._carts.get(ref.owner, {}), lines, self._limits)
-        return dict(self._carts[ref.owner])
+        return self._put(ref.owner, _check_add(self._lines(ref.owner), lines, self._limits))
 
     async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
-        updated = _check_set(self._carts.get(ref.owner, {}), item_id, quantity, self._limits)
-        self._carts[ref.owner] = updated
-        return dict(updated)
+        updated = _check_set(self._lines(ref.owner), item_id, quantity, self._limits)
+        return self._put(ref.owner, updated)
 
     async def clear(self, ref: CartRef) -> None:
-        self._carts.pop(ref.owner, None)
+        self._pool(ref.owner).pop(ref.owner, None)
+
+    def _pool(self, owner: str) -> OrderedDict[str, _Held]:
+        return self._users if owner.startswith("u:") else self._anonymous
+
+    def _lines(self, owner: str) -> CartLines:
+        pool = self._pool(owner)
+        held = pool.get(owner)
+        if held is None:
+            return {}
+        if self._clock() - held.changed >= self._ttl:
+            del pool[owner]
+            return {}
+        return held.lines
+
+    def _put(self, owner: str, lines: CartLines) -> CartLines:
+        pool = self._pool(owner)
+        if not lines:  # an emptied cart is not kept
+            pool.pop(owner, None)
+            return {}
+        if owner not in pool:
+            self._make_room(owner)
+        pool[owner] = _Held(lines, self._clock())
+        pool.move_to_end(owner)
+        return dict(lines)
+
+    def _make_room(self, owner: str) -> None:
+        now = self._clock()
+        for pool in (self._anonymous, self._users):
+            while pool and now - next(iter(pool.values())).changed >= self._ttl:
+                pool.popitem(last=False)
+        if len(self) < self._max:
+            return
+        if self._anonymous:
+            self._anonymous.popitem(last=False)
+        elif owner.startswith("u:"):
+            self._users.popitem(last=False)
+        else:
+            oldest = next(iter(self._users.values()))
+            wait = int(oldest.changed + self._ttl - now) + 1
+            raise Unavailable(
+                f"this replica holds as many carts as it may ({self._max}), all of "
+                "logged-in users: log in to keep a cart, or try again later",
+                retry_after=wait,
+            )
 
 
 # KEYS[1] cart hash; ARGV: ttl, max_lines, max_qty, then item/qty pairs.
@@ -194,8 +273,8 @@ class ClientCarts:
 
     name = "client"
 
-    def __init__(self, secret: str, limits: CartLimits, max_bytes: int) -> None:
-        self._key = hashlib.sha256(b"statelab-cart:" + secret.encode()).digest()
+    def __init__(self, key: bytes, limits: CartLimits, max_bytes: int) -> None:
+        self._key = key  # the cart purpose's key (statelab.keyring)
         self._limits = limits
         self._max_bytes = max_bytes
 

@@ -12,6 +12,11 @@ streaming, atomic-put and random-key rules are the same code. Object keys are
 random and never derived from anything a client sent: a filename like
 ``../../x`` is only ever a display name.
 
+An image's dimensions are read from its header before anything decodes it
+(``read_image_header`` at upload, ``check_image_header`` before a thumbnail), so a
+small file that claims a huge canvas — a decompression bomb — is refused instead
+of being given the memory it asks for.
+
 A file is written object first, metadata second: metadata never points at a
 missing object. A crash between the two leaves an unreferenced object (garbage,
 never visible). Files made by jobs may carry a deterministic id: writing the same
@@ -21,6 +26,7 @@ id twice keeps the first one, which makes a redelivered job's output idempotent.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import secrets
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import imagesize
 import obstore
 from obstore.exceptions import BaseError as ObjectStoreError
 from obstore.store import LocalStore, ObjectStore, S3Store
@@ -42,13 +49,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from statelab.config import ConfigError
 from statelab.db import models
-from statelab.domain.errors import Conflict, NotFound, Unavailable
+from statelab.domain.errors import Conflict, InvalidInput, LimitExceeded, NotFound, Unavailable
 from statelab.state.errors import store_guard
 
 #: Upload types we accept, recognised from the bytes (never from a header).
 ALLOWED_TYPES = ("image/jpeg", "image/png", "image/webp")
 #: How many leading bytes ``sniff_image`` needs.
 SNIFF_BYTES = 12
+#: Pillow's name of each allowed type: an image is decoded only as what it was sniffed as.
+PILLOW_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+#: How far into an upload its dimensions must be found. PNG and WebP give them in
+#: the first 30 bytes; a JPEG's come after its metadata segments (EXIF, ICC profile).
+HEADER_BYTES = 256 * 1024
 #: Longest display name kept (the column is 200 characters).
 MAX_FILENAME = 200
 #: Chunk size when streaming an object back to a client.
@@ -67,6 +79,46 @@ def sniff_image(head: bytes) -> str | None:
     if len(head) >= SNIFF_BYTES and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
     return None
+
+
+def image_pixels(head: bytes) -> int | None:
+    """Width x height from an image's header (``head``: the file or a prefix of it
+    holding the header); None when no dimensions can be read from it."""
+    size: tuple[int, int] = imagesize.get(io.BytesIO(head), exif_rotation=False)
+    width, height = size  # (-1, -1) when unreadable
+    return width * height if width > 0 and height > 0 else None
+
+
+def check_image_header(head: bytes, content_type: str, max_pixels: int) -> None:
+    """Refuse an image whose header is unreadable (``InvalidInput``) or whose canvas
+    exceeds ``max_pixels`` (``LimitExceeded``) — before anything decodes it."""
+    kind = PILLOW_FORMATS[content_type]
+    pixels = image_pixels(head)
+    if pixels is None:
+        raise InvalidInput(
+            f"the {kind} image's dimensions could not be read from its first "
+            f"{HEADER_BYTES // 1024} KiB"
+        )
+    if pixels > max_pixels:
+        raise LimitExceeded(
+            f"the image is {pixels} pixels (width x height); at most {max_pixels} are accepted"
+        )
+
+
+async def read_image_header(
+    head: bytes, rest: AsyncIterator[bytes], content_type: str, max_pixels: int
+) -> bytes:
+    """Read on from ``rest`` until the image's dimensions are known (at most about
+    ``HEADER_BYTES``) and check them (``check_image_header``); returns all the bytes
+    read, which come before ``rest`` in the file."""
+    read = head
+    while image_pixels(read) is None and len(read) < HEADER_BYTES:
+        chunk = await anext(rest, None)
+        if chunk is None:
+            break
+        read += chunk  # a few chunks at most: HEADER_BYTES bounds what is held
+    check_image_header(read, content_type, max_pixels)
+    return read
 
 
 def clean_filename(raw: str | None, fallback: str = "upload") -> str:

@@ -2,11 +2,19 @@
 
 A fixed window per (scope, subject). With ``memory`` every replica counts alone,
 so N replicas allow N times the limit — the lab measures that.
+
+Memory windows are bounded: finished windows are dropped as new ones start, and at
+most ``max_windows`` are held. A flood of distinct subjects (addresses, account
+names) past that bound pushes out the windows nearest their end first, so such a
+subject's count starts afresh early. That is the price of a bounded replica; the
+``redis`` placement keeps every window until its TTL.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from statelab.domain.errors import RateLimited
@@ -28,22 +36,44 @@ def _refuse(scope: str, retry_after: int) -> RateLimited:
 
 
 class MemoryRateLimiter:
+    """Counters in this replica's memory, bounded (see the module docstring)."""
+
     name = "memory"
 
-    def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], tuple[float, int]] = {}
+    def __init__(self, max_windows: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_windows
+        self._clock = clock
+        # Per window length, (scope, subject) -> (start, count) with the earliest
+        # start first: the front of each is the first of its length to finish.
+        self._by_length: dict[int, OrderedDict[tuple[str, str], tuple[float, int]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(windows) for windows in self._by_length.values())
 
     async def hit(self, scope: str, subject: str, limit: int, window: int) -> None:
-        now = time.monotonic()
-        started, count = self._windows.get((scope, subject), (now, 0))
-        if now - started >= window:
+        now, key = self._clock(), (scope, subject)
+        windows = self._by_length.setdefault(window, OrderedDict())
+        started, count = windows.get(key, (now, 0))
+        if key not in windows or now - started >= window:
+            windows.pop(key, None)
+            self._make_room(now)
             started, count = now, 0
         count += 1
-        self._windows[(scope, subject)] = (started, count)
+        windows[key] = (started, count)
         if count > limit:
             raise _refuse(scope, int(window - (now - started)) + 1)
-        if len(self._windows) > 100_000:  # bound memory: drop finished windows
-            self._windows = {k: v for k, v in self._windows.items() if now - v[0] < window}
+
+    def _make_room(self, now: float) -> None:
+        """Drop finished windows; if still full, the one nearest its end."""
+        for length, windows in self._by_length.items():
+            while windows and now - next(iter(windows.values()))[0] >= length:
+                windows.popitem(last=False)
+        if len(self) < self._max:
+            return
+        fronts = [
+            (next(iter(w.values()))[0] + length, w) for length, w in self._by_length.items() if w
+        ]
+        min(fronts, key=lambda front: front[0])[1].popitem(last=False)
 
 
 class RedisRateLimiter:

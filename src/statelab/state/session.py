@@ -1,7 +1,8 @@
 """Who is logged in: the session placements.
 
 - ``memory``: a dict in this replica. Another replica does not know the session;
-  a restart forgets it. That is the point of the stateful placement.
+  a restart forgets it. That is the point of the stateful placement. It is
+  bounded (see ``MemorySessions``).
 - ``redis``: an opaque 128-bit id in a cookie, the session in a Redis hash.
 - ``jwt``: a signed token the client carries. Nothing is looked up to trust it,
   but logout and logout-all need a shared deny-list, which lives in Redis.
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import jwt
 
+from statelab.domain.errors import Unavailable
 from statelab.state import keys
 from statelab.state.errors import store_guard
 from statelab.state.redislink import RedisLink, pairs
@@ -91,32 +94,58 @@ def _new_session(user_id: int, username: str, user_agent: str, life: Lifetimes) 
 
 
 class MemorySessions:
-    """Sessions in a dict of this process: fast, and gone with the replica."""
+    """Sessions in a dict of this process: fast, and gone with the replica.
+
+    Memory is bounded. A session past its idle timeout or absolute lifetime is
+    forgotten when it is looked up, and each login first forgets the least recently
+    used sessions that have gone idle, so dead sessions never pile up. A user holds
+    at most ``per_user`` sessions: a further login ends that user's least recently
+    used one (a device limit), so one account cannot fill the replica. At most
+    ``max_sessions`` are held; when all of them are live, a new login is refused
+    with ``Unavailable`` (503, Retry-After) rather than ending anybody's live session.
+    """
 
     name = "memory"
     credential: CredentialKind = "cookie"
 
-    def __init__(self, life: Lifetimes) -> None:
+    def __init__(
+        self,
+        life: Lifetimes,
+        max_sessions: int,
+        per_user: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._life = life
-        self._sessions: dict[str, tuple[Session, float]] = {}  # sid -> (session, idle deadline)
+        self._clock = clock
+        self._max = max_sessions
+        self._per_user = per_user
+        # sid -> (session, idle deadline), least recently used first: every use
+        # moves a session to the end, so idle-expired ones gather at the front.
+        self._sessions: OrderedDict[str, tuple[Session, float]] = OrderedDict()
         self._by_user: dict[int, set[str]] = {}
 
     async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        now = self._clock()
+        self._sweep(now)
+        self._limit_user(user_id)
+        if len(self._sessions) >= self._max:
+            wait = int(next(iter(self._sessions.values()))[1] - now) + 1
+            raise Unavailable(
+                f"this replica holds as many live sessions as it may ({self._max}); "
+                "try again later",
+                retry_after=wait,
+            )
         session = _new_session(user_id, username, user_agent, self._life)
-        self._sessions[session.sid] = (session, time.time() + self._life.idle)
+        self._sessions[session.sid] = (session, now + self._life.idle)
         self._by_user.setdefault(user_id, set()).add(session.sid)
         return Issued(session, session.sid)
 
     async def resolve(self, credential: str) -> Session | None:
-        entry = self._sessions.get(credential)
-        if entry is None:
-            return None
-        session, idle_deadline = entry
-        now = time.time()
-        if now >= idle_deadline or now >= session.expires_at:
-            self._forget(session)
-            return None
-        self._sessions[credential] = (session, now + self._life.idle)
+        now = self._clock()
+        session = self._live(credential, now)
+        if session is not None:
+            self._sessions[credential] = (session, now + self._life.idle)
+            self._sessions.move_to_end(credential)
         return session
 
     async def revoke(self, session: Session) -> None:
@@ -129,12 +158,43 @@ class MemorySessions:
         return len(sids)
 
     async def list_for_user(self, user_id: int) -> list[Session]:
-        live = [await self.resolve(sid) for sid in list(self._by_user.get(user_id, ()))]
+        now = self._clock()  # listing is no use of the other devices: nothing is renewed
+        live = [self._live(sid, now) for sid in list(self._by_user.get(user_id, ()))]
         return sorted((s for s in live if s is not None), key=lambda s: s.created_at)
+
+    def _live(self, sid: str, now: float) -> Session | None:
+        """The session if it is live; an expired one is forgotten."""
+        entry = self._sessions.get(sid)
+        if entry is None:
+            return None
+        session, idle_deadline = entry
+        if now >= idle_deadline or now >= session.expires_at:
+            self._forget(session)
+            return None
+        return session
+
+    def _sweep(self, now: float) -> None:
+        """Forget the idle-expired sessions at the front (amortised O(1) a login)."""
+        while self._sessions:
+            session, idle_deadline = next(iter(self._sessions.values()))
+            if now < idle_deadline and now < session.expires_at:
+                return
+            self._forget(session)
+
+    def _limit_user(self, user_id: int) -> None:
+        """Make room for one more session of the user: end their least recently used."""
+        sids = self._by_user.get(user_id, set())
+        while len(sids) >= self._per_user:
+            idlest = min(sids, key=lambda sid: self._sessions[sid][1])
+            self._forget(self._sessions[idlest][0])
 
     def _forget(self, session: Session) -> None:
         self._sessions.pop(session.sid, None)
-        self._by_user.get(session.user_id, set()).discard(session.sid)
+        sids = self._by_user.get(session.user_id)
+        if sids is not None:
+            sids.discard(session.sid)
+            if not sids:  # no empty set left behind per user who ever logged in
+                del self._by_user[session.user_id]
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -264,18 +324,18 @@ class RedisSessions:
 
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
-    keys: dict[str, str]  # kid -> HMAC secret; more than one during a key rotation
+    keys: Mapping[str, bytes]  # kid -> HMAC key; more than one during a key rotation
     active_kid: str
     issuer: str
     audience: str
     ttl: int
+    verified_cache: int = 50_000  # tokens remembered as verified (see JwtSessions.decode)
 
 
 #: The only algorithm accepted. Never read the algorithm from the token itself.
 JWT_ALGORITHMS = ["HS256"]
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 _LEEWAY = 5  # seconds of clock skew tolerated between replicas
-_VERIFIED_MAX = 50_000
 
 
 class JwtSessions:
@@ -331,8 +391,9 @@ class JwtSessions:
             return None
         claims = self._verify(token)
         if claims is not None:
-            if len(self._verified) >= _VERIFIED_MAX:
-                del self._verified[next(iter(self._verified))]  # the oldest
+            if len(self._verified) >= self._config.verified_cache:
+                # The oldest: tokens share one lifetime, so it is the nearest to expiry.
+                del self._verified[next(iter(self._verified))]
             self._verified[token] = claims
         return claims
 

@@ -211,4 +211,4 @@ async def csrf(
     if caller.new_anon:
         life = stores.settings.session_absolute_seconds
         set_cookie(request, response, stores, ANON_COOKIE, caller.anon_id, life)
-    return CsrfToken(csrf_token=anon_csrf_token(stores.settings.secret_key, caller.anon_id))
+    return CsrfToken(csrf_token=anon_csrf_token(stores.keys.csrf, caller.anon_id))

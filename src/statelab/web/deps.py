@@ -57,9 +57,10 @@ class Caller:
         return f"a:{self.anon_id}"
 
 
-def anon_csrf_token(secret: str, anon_id: str) -> str:
-    """CSRF token of an anonymous visitor, derived so no server has to keep it."""
-    mac = hmac.new(secret.encode(), f"csrf:{anon_id}".encode(), hashlib.sha256)
+def anon_csrf_token(key: bytes, anon_id: str) -> str:
+    """CSRF token of an anonymous visitor, derived so no server has to keep it; ``key``
+    is the CSRF purpose's key (``stores.keys.csrf``)."""
+    mac = hmac.new(key, f"csrf:{anon_id}".encode(), hashlib.sha256)
     return mac.hexdigest()[:32]
 
 
@@ -98,7 +99,7 @@ def _check_csrf(request: Request, stores: Stores, caller: Caller) -> None:
     if caller.session is not None:
         expected = caller.session.csrf_token
     elif caller.anon_id is not None:
-        expected = anon_csrf_token(stores.settings.secret_key, caller.anon_id)
+        expected = anon_csrf_token(stores.keys.csrf, caller.anon_id)
     else:
         return  # no cookie identifies the caller: nothing a forged request could use
     sent = request.headers.get(CSRF_HEADER, "")

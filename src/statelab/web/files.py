@@ -24,7 +24,14 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from statelab.domain.errors import LimitExceeded, MalformedRequest, Unavailable
 from statelab.state import Stores
-from statelab.state.files import SNIFF_BYTES, FileInfo, NewFile, clean_filename, sniff_image
+from statelab.state.files import (
+    SNIFF_BYTES,
+    FileInfo,
+    NewFile,
+    clean_filename,
+    read_image_header,
+    sniff_image,
+)
 from statelab.web.deps import StoresDep, UserDep
 from statelab.web.problems import problem
 from statelab.web.shop import OrderHook
@@ -193,6 +200,8 @@ async def upload(
     if content_type is None:
         allowed = "JPEG, PNG or WebP"
         return problem(415, "Unsupported media type", f"the file is not a {allowed} image")
+    # Its dimensions before any byte is stored: a decompression bomb is refused (422).
+    head = await read_image_header(head, chunks, content_type, stores.settings.max_image_pixels)
     limit = stores.settings.max_upload_bytes
     new = NewFile(user.user_id, filename, content_type, "photo", order_id=order_id)
     try:

@@ -145,7 +145,7 @@ async def _render(
     if caller.session is not None:
         csrf = caller.session.csrf_token
     elif caller.anon_id is not None:
-        csrf = anon_csrf_token(stores.settings.secret_key, caller.anon_id)
+        csrf = anon_csrf_token(stores.keys.csrf, caller.anon_id)
     username = caller.session.username if caller.session is not None else None
     chrome = _chrome(request, stores.settings, username, csrf, sum(lines.values()), page)
     full = {**chrome, "cart_lines": lines, **context}

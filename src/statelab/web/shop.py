@@ -114,7 +114,7 @@ def _cart_response(
     if ref is not None:
         finish_cart(request, response, stores, caller, ref)
     if caller.session is None and caller.anon_id is not None:
-        token = anon_csrf_token(stores.settings.secret_key, caller.anon_id)
+        token = anon_csrf_token(stores.keys.csrf, caller.anon_id)
         response.headers[CSRF_HEADER] = token
     return response
 
