@@ -10,6 +10,7 @@ skips them.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,15 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty PostgreSQL database for this test (plain ``postgresql://`` URL)."""
     return postgres_server.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound by us and
+    never listening, so no other process can start listening there meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,11 +1,15 @@
 """Helpers shared by the test packages and their measurement scripts: accounts,
-unique user names, migrated SQLite files, and what replica processes are given.
+unique user names, migrated SQLite files, what replica processes are given, and a
+listener to take a port away from a server.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,6 +44,15 @@ def sqlite_database(folder: Path) -> str:
     url = f"sqlite:///{folder / 'shop.db'}"
     upgrade(url)
     return url
+
+
+@contextmanager
+def listening(port: int) -> Iterator[socket.socket]:
+    """Someone else's listener on loopback ``port``, for as long as this lasts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield sock
 
 
 def answers_ok(url: str, timeout: float = 1.0) -> bool:

@@ -235,9 +235,19 @@ RunDirOpt = Annotated[
 def up(
     profile: ProfileOpt = None,
     replicas: Annotated[int, typer.Option(min=1, help="How many replicas (r1..rN).")] = 3,
-    port: Annotated[int, typer.Option(help="Port of the shop (HAProxy) on 127.0.0.1.")] = 8000,
+    port: Annotated[
+        int,
+        typer.Option(
+            min=0, max=65535, help="Port of the shop (HAProxy) on 127.0.0.1; 0: choose one."
+        ),
+    ] = 8000,
     control_port: Annotated[
-        int | None, typer.Option(help="Port of the control API [default: --port + 1].")
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port of the control API; 0: choose one [default: --port + 1, or 0].",
+        ),
     ] = None,
     database: Annotated[
         str, typer.Option(help="sqlite, postgres (a throwaway server) or a database URL.")
@@ -250,7 +260,10 @@ def up(
         int | None, typer.Option(min=0, help="Job workers [default: 1 if jobs=queue, else 0].")
     ] = None,
 ) -> None:
-    """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C."""
+    """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C.
+
+    With --port 0 (and --control-port 0) free ports are chosen; the banner and
+    run/cluster.json name them once the control API answers."""
     from statelab.cluster.servers import ServerError
     from statelab.cluster.supervisor import ClusterError, ClusterOptions, run_cluster
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from statelab.cluster.haproxy import HAProxyServer, LoadBalancerConfig
-from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.cluster.servers import PortedProcess
 from tests.support import PASSWORD, PROCESS_ENV, answers_ok
 
 # Re-exported: the chat tests and measure.py import these from here.
@@ -53,8 +53,8 @@ class Target(Protocol):
     def ws_url(self) -> str: ...
 
 
-class Replica(ManagedProcess):
-    """One ``statelab serve`` process on a free port."""
+class Replica(PortedProcess):
+    """One ``statelab serve`` process on a port of its own (kept across restarts)."""
 
     def __init__(
         self,
@@ -65,12 +65,10 @@ class Replica(ManagedProcess):
         redis_url: str | None,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
         self.replica_id = replica_id
         argv = [
             sys.executable, "-m", "statelab", "serve",
             "--profile", profile,
-            "--port", str(self.port),
             "--replica-id", replica_id,
             "--database-url", database_url,
         ]  # fmt: skip
@@ -83,6 +81,9 @@ class Replica(ManagedProcess):
             **(env or {}),
         }
         super().__init__(f"replica-{replica_id}", run_dir, argv, env=environment)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--port", str(self.port)]
 
     @property
     def http(self) -> str:
@@ -105,13 +106,16 @@ class Balancer(HAProxyServer):
     """HAProxy, round-robin over the given replicas (the stateless profile's setup)."""
 
     def __init__(self, run_dir: Path, replicas: list[Replica]) -> None:
+        self.replicas = replicas
         config = LoadBalancerConfig(
-            port=free_port(),
-            socket_path=run_dir / "haproxy.sock",
-            sticky=False,
-            servers={r.replica_id: r.port for r in replicas},
+            port=0, socket_path=run_dir / "haproxy.sock", sticky=False, servers={}
         )
         super().__init__(run_dir, config)
+
+    def prepare(self) -> None:
+        # The replicas' ports as they are now: one may have moved while it started.
+        self.cfg = replace(self.cfg, servers={r.replica_id: r.port for r in self.replicas})
+        super().prepare()
 
     @property
     def http(self) -> str:

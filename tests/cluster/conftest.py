@@ -2,7 +2,8 @@
 
 ``up`` is started exactly as a person would start it, driven through the control
 API client the CLI uses, and stopped with SIGTERM; stopping checks that every
-process the cluster recorded is gone.
+process the cluster recorded is gone. It chooses its own ports (``--port 0
+--control-port 0``); the tests find them in its ``cluster.json``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import httpx
 import pytest
 
 from statelab.cluster.control import ControlClient
-from statelab.cluster.servers import ManagedProcess, free_port
-from statelab.cluster.supervisor import http_ok, statelab_command
+from statelab.cluster.servers import ManagedProcess
+from statelab.cluster.supervisor import ClusterError, read_state, statelab_command
 
 PASSWORD = "correct horse battery"
 
@@ -84,31 +85,42 @@ def _alive(pid: int) -> bool:
 
 
 def start_cluster(run_dir: Path, profile: str, replicas: int = 3, *extra: str) -> RunningCluster:
-    """Run ``statelab up`` in ``run_dir`` on free ports; wait for its control API."""
-    port, control_port = free_port(), free_port()
+    """Run ``statelab up`` in ``run_dir`` on ports it chooses; wait for its control API."""
     argv = [
         *statelab_command(), "up",
         "--profile", profile,
         "--replicas", str(replicas),
-        "--port", str(port),
-        "--control-port", str(control_port),
+        "--port", "0",
+        "--control-port", "0",
         "--run-dir", str(run_dir),
         "--fresh",
         *extra,
     ]  # fmt: skip
     env = {**os.environ, **FAST_SETTINGS}
-    up = ManagedProcess(
-        "up", run_dir, argv, env=env, ready=lambda: http_ok(control_port, "/status")
-    )
+    up = ManagedProcess("up", run_dir, argv, env=env, ready=lambda: answers_status(run_dir, up.pid))
     up.start()
     try:
         up.wait_ready(90)
     except BaseException:
         up.stop()
         raise
-    cluster = RunningCluster(up, run_dir, f"http://127.0.0.1:{port}", ControlClient(run_dir))
+    control = ControlClient(run_dir)
+    cluster = RunningCluster(up, run_dir, control.state["shop_url"], control)
     cluster.all_up()
     return cluster
+
+
+def answers_status(run_dir: Path, supervisor: int | None) -> bool:
+    """Whether the cluster ``supervisor`` runs from ``run_dir`` answers on its control
+    API (whose port it publishes in ``cluster.json`` before that)."""
+    state = read_state(run_dir)
+    if state is None or state["supervisor"]["pid"] != supervisor:
+        return False  # not written yet, or left by an earlier run
+    try:
+        ControlClient(run_dir, timeout=2).status()
+    except ClusterError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,18 @@ def test_up_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert not (tmp_path / "cluster.json").exists()
 
 
+def test_up_refuses_a_control_port_in_use(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = ["up", "--port", "0", "--control-port", str(port), "--run-dir", str(tmp_path)]
+        result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is already in use (wanted for the control API)" in (
+        result.output
+    )
+    assert not (tmp_path / "cluster.json").exists()
+
+
 def test_up_rejects_a_bad_placement(tmp_path: Path) -> None:
     result = runner.invoke(app, ["up", "--place", "cart=nowhere", "--run-dir", str(tmp_path)])
     assert result.exit_code == 2

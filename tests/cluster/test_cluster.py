@@ -6,6 +6,8 @@ Every load loop is bounded in requests and seconds, and talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from statelab.cluster.servers import ephemeral_port_range
 from tests.cluster.conftest import RunningCluster, Shopper, ShopperFactory
 
 pytestmark = pytest.mark.slow
@@ -196,3 +199,53 @@ async def test_an_added_replica_serves_within_seconds(
     assert load.failed_reads == []
     assert new not in {r["id"] for r in cluster.status()["replicas"]}
     print(f"\nadd: {new} served its first request {first_request_after:.2f} s after it was added")
+
+
+def test_up_with_port_0_publishes_the_ports_it_chose(stateless_cluster: RunningCluster) -> None:
+    state = json.loads((stateless_cluster.run_dir / "cluster.json").read_text())
+    shop = int(state["shop_url"].rsplit(":", 1)[1])
+    control = int(state["control_url"].rsplit(":", 1)[1])
+    servers = {name: p["port"] for name, p in state["processes"].items() if "port" in p}
+    assert servers["haproxy"] == shop == stateless_cluster.status()["haproxy"]["port"]
+    low, high = ephemeral_port_range()
+    for port in (shop, control, *servers.values()):
+        assert port > 1024 and not low <= port <= high, f"{port}: an outgoing connection's port"
+    assert httpx.get(state["shop_url"] + "/api/menu").status_code == 200
+
+
+def test_a_replica_whose_port_was_taken_restarts_on_another(
+    stateless_cluster: RunningCluster,
+) -> None:
+    cluster = stateless_cluster
+    old = next(r["port"] for r in cluster.status()["replicas"] if r["id"] == "r3")
+    cluster.control.kill("r3")
+    with _occupy(old):
+        # Seen DOWN first: UP again then takes good checks at the new address.
+        cluster.wait_for(
+            lambda s: any(r["id"] == "r3" and r["state"] == "down" for r in s["replicas"])
+        )
+        moved = cluster.control.start("r3")
+        cluster.all_up()
+    assert moved["port"] != old
+    state = json.loads((cluster.run_dir / "cluster.json").read_text())
+    assert state["processes"]["r3"]["port"] == moved["port"]
+    assert any(
+        e["event"] == "process.moved" and e["target"] == "r3" and e["was"] == old
+        for e in cluster.events()
+    )
+    # HAProxy's slot follows the replica to its new port.
+    served = Counter(
+        httpx.get(cluster.shop_url + "/api/menu").headers["X-Served-By"] for _ in range(12)
+    )
+    assert served["r3"] > 0, served
+
+
+def _occupy(port: int, within: float = 5.0) -> socket.socket:
+    """A listener on ``port`` as soon as the process that had it let go."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return socket.create_server(("127.0.0.1", port))
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} never came free"
+            time.sleep(0.05)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import socketserver
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -20,20 +22,22 @@ from statelab.cluster.haproxy import (
     render_config,
     runtime_socket_path,
 )
-from statelab.cluster.servers import ManagedProcess, find_binary, free_port
+from statelab.cluster.servers import PortedProcess, PortInUse, find_binary
 from statelab.cluster.supervisor import Replica, replica_state
+from tests.support import answers_ok, listening
 
 
 def config(tmp_path: Path, sticky: bool, **servers: int) -> LoadBalancerConfig:
+    """Port 0: the HAProxyServer started with it picks its own."""
     return LoadBalancerConfig(
-        port=free_port(), socket_path=tmp_path / "h.sock", sticky=sticky, servers=servers, slots=4
+        port=0, socket_path=tmp_path / "h.sock", sticky=sticky, servers=servers, slots=4
     )
 
 
 @pytest.mark.parametrize("sticky", [False, True])
 def test_the_generated_config_is_valid(tmp_path: Path, sticky: bool) -> None:
     path = tmp_path / "haproxy.cfg"
-    path.write_text(render_config(config(tmp_path, sticky, r1=8001, r2=8002)))
+    path.write_text(render_config(replace(config(tmp_path, sticky, r1=8001, r2=8002), port=8000)))
     check = subprocess.run(
         [find_binary("haproxy", "haproxy"), "-c", "-f", str(path)],
         capture_output=True,
@@ -64,21 +68,21 @@ def test_replica_ids_must_fit_the_slots(tmp_path: Path) -> None:
         render_config(config(tmp_path, False, r9=8009))
 
 
-def test_a_slot_is_filled_at_runtime_and_takes_traffic(tmp_path: Path) -> None:
-    backend_port = free_port()
-    backend = ManagedProcess(
+def test_a_slot_is_filled_at_runtime_and_takes_traffic(tmp_path: Path, closed_port: int) -> None:
+    backend = PortedProcess(
         "backend",
         tmp_path,
-        ["python3", "-m", "http.server", str(backend_port), "--bind", "127.0.0.1"],
+        lambda port: ["python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
         cwd=tmp_path,
+        ready=lambda port: answers_ok(f"http://127.0.0.1:{port}/readyz"),
     )
     # The check asks for /readyz: give the static file server one.
     (tmp_path / "readyz").write_text("ok")
-    cfg = config(tmp_path, True, r1=free_port())  # r1 points at nothing: DOWN
+    cfg = config(tmp_path, True, r1=closed_port)  # r1 points at nothing: DOWN
     with backend, HAProxyServer(tmp_path, cfg) as lb:
         api = RuntimeAPI(cfg.socket_path)
         assert api.show_stat()["r2"].status == "MAINT"
-        api.set_address("r2", backend_port)
+        api.set_address("r2", backend.port)
         api.set_state("r2", "ready")
         deadline = time.monotonic() + 5
         while api.show_stat()["r2"].status != "UP":
@@ -108,7 +112,7 @@ def stat(status: str, sessions: int = 0) -> ServerStat:
 
 class FakeReplica(Replica):
     def __init__(self, alive: bool, seen_up: bool) -> None:
-        super().__init__("r1", 1, Path("/nonexistent"), ["true"], {})
+        super().__init__("r1", Path("/nonexistent"), ["true"], {})
         self._alive = alive
         self.seen_up = seen_up
 
@@ -209,10 +213,53 @@ def test_a_deep_run_folder_gets_a_short_private_socket(tmp_path: Path) -> None:
     socket_path = runtime_socket_path(deep)
     assert socket_path.parent != deep and len(str(socket_path)) <= 97
     assert socket_path.parent.stat().st_mode & 0o777 == 0o700
-    cfg = LoadBalancerConfig(
-        port=free_port(), socket_path=socket_path, sticky=False, servers={"r1": 9}
-    )
+    cfg = LoadBalancerConfig(port=0, socket_path=socket_path, sticky=False, servers={"r1": 9})
     with HAProxyServer(deep, cfg) as lb:
         assert "r1" in lb.api.show_stat()
     assert not socket_path.parent.exists()
     assert runtime_socket_path(tmp_path) == tmp_path / "haproxy.sock"
+
+
+def test_haproxy_moves_off_a_port_taken_before_it_starts(tmp_path: Path, closed_port: int) -> None:
+    lb = HAProxyServer(tmp_path, config(tmp_path, False, r1=closed_port))
+    taken = lb.port
+    with listening(taken), lb:
+        assert lb.port != taken
+        assert f"bind 127.0.0.1:{lb.port}\n" in lb.config_path.read_text()
+        assert httpx.get(lb.url + "/").status_code == 503  # HAProxy answers: no replica is up
+
+
+class _Outrun(HAProxyServer):
+    """HAProxy whose port another listener binds after our check, before HAProxy does."""
+
+    intruder: socket.socket | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.intruder is None:
+            self.intruder = socket.create_server(("127.0.0.1", self.port))
+
+
+def test_haproxy_moves_off_a_port_taken_while_it_starts(tmp_path: Path) -> None:
+    lb = _Outrun(tmp_path, config(tmp_path, False, r1=9))
+    try:
+        with lb:
+            assert lb.intruder is not None
+            taken = lb.intruder.getsockname()[1]
+            assert lb.port != taken
+            assert httpx.get(lb.url + "/").status_code == 503
+        log = lb.log_path.read_text()
+        assert "cannot bind socket (Address already in use)" in log
+        assert f"port {taken} was taken while haproxy started" in log
+    finally:
+        if lb.intruder is not None:
+            lb.intruder.close()
+
+
+def test_a_given_port_is_never_moved(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        lb = HAProxyServer(tmp_path, replace(config(tmp_path, False), port=port))
+        with pytest.raises(PortInUse, match=rf"port {port} .* \(wanted for the load balancer\)"):
+            lb.start()
+    assert not lb.alive and lb.port == port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import time
@@ -14,11 +15,15 @@ import redis.asyncio as aioredis
 from statelab.cluster.servers import (
     ManagedProcess,
     PortInUse,
+    PortPicker,
     PostgresServer,
     RedisServer,
     ServerError,
-    free_port,
+    bind_port,
+    ephemeral_port_range,
+    reserved_ports,
 )
+from tests.support import listening
 
 
 def _live_processes() -> dict[int, tuple[int, int]]:
@@ -60,10 +65,111 @@ def wait_gone(pids: set[int], timeout: float = 5.0) -> set[int]:
         time.sleep(0.05)
 
 
-def test_free_port_is_bindable_on_loopback() -> None:
-    port = free_port()
+def test_picked_ports_are_bindable_and_outside_the_ephemeral_range() -> None:
+    low, high = ephemeral_port_range()
+    reserved = reserved_ports()
+    picker = PortPicker()
+    for _ in range(200):
+        port = picker.pick()
+        assert 1024 < port < 65536
+        assert not low <= port <= high, f"{port} is in the ephemeral range {low}-{high}"
+        assert not any(port in r for r in reserved)
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+        sock.bind(("127.0.0.1", picker.pick()))
+
+
+def test_the_picker_avoids_the_ephemeral_range_and_reserved_ports() -> None:
+    picker = PortPicker(
+        random.Random(1),
+        ephemeral=(10000, 60000),
+        reserved=[range(60001, 60011), range(65535, 65536)],
+    )
+    assert picker.ranges == [range(60011, 65535)]
+    drawn = picker.candidates()
+    assert all(60011 <= next(drawn) < 65535 for _ in range(2000))
+    # Too little room above 10 000: the ports people use by habit are in play again.
+    assert PortPicker(ephemeral=(10000, 65000), reserved=[]).ranges == [
+        range(1025, 10000),
+        range(65001, 65536),
+    ]
+    # No room at all: the whole range it is, and moving on a taken port must cover it.
+    assert PortPicker(ephemeral=(1024, 65535), reserved=[]).ranges == [range(1025, 65536)]
+
+
+def test_the_kernels_port_settings_are_read_as_it_writes_them(tmp_path: Path) -> None:
+    (tmp_path / "range").write_text("40000\t50000\n")
+    (tmp_path / "reserved").write_text("8000-8010,9000\n")
+    (tmp_path / "none").write_text("\n")
+    assert ephemeral_port_range(tmp_path / "range") == (40000, 50000)
+    assert reserved_ports(tmp_path / "reserved") == [range(8000, 8011), range(9000, 9001)]
+    assert reserved_ports(tmp_path / "none") == []
+    assert ephemeral_port_range(tmp_path / "missing") == (32768, 60999)
+
+
+def test_bind_port_passes_over_a_port_taken_first() -> None:
+    first, second = _first_two(seed=7)
+    with listening(first):
+        with bind_port(0, "a test", PortPicker(random.Random(7))) as sock:
+            assert sock.getsockname()[1] == second
+        with pytest.raises(PortInUse, match=rf"port {first} .* \(wanted for a test\)"):
+            bind_port(first, "a test")
+
+
+def _first_two(seed: int) -> tuple[int, int]:
+    """The first two ports a picker seeded with ``seed`` draws."""
+    drawn = PortPicker(random.Random(seed)).candidates()
+    return next(drawn), next(drawn)
+
+
+def test_redis_moves_off_a_port_taken_before_it_starts(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    taken = server.port
+    with listening(taken), server:
+        assert server.port != taken
+        assert server.is_ready()
+    assert f"moving from port {taken} to {server.port}" in server.log_path.read_text()
+
+
+class _Outrun(RedisServer):
+    """A Redis whose port someone else binds after our check and before redis-server
+    does: the race ``prepare``'s check cannot close."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+        self.intruder: socket.socket | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.intruder is None:
+            self.intruder = socket.socket()
+            self.intruder.bind(("127.0.0.1", self.port))
+            self.intruder.listen()
+
+
+def test_redis_moves_off_a_port_taken_while_it_starts(tmp_path: Path) -> None:
+    server = _Outrun(tmp_path)
+    try:
+        with server:
+            assert server.intruder is not None
+            taken = server.intruder.getsockname()[1]
+            assert server.port != taken
+            assert server.is_ready()
+        assert f"port {taken} was taken while redis started" in server.log_path.read_text()
+        assert "Address already in use" in server.log_path.read_text()
+    finally:
+        if server.intruder is not None:
+            server.intruder.close()
+
+
+def test_a_served_port_is_kept_or_refused_on_restart(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    with server:
+        port = server.port
+    with listening(port), pytest.raises(PortInUse, match=f"port {port} on 127.0.0.1"):
+        server.start()  # clients know this port: moving would strand them
+    assert not server.alive
+    with server:
+        assert server.port == port
 
 
 async def test_session_redis_answers(redis_url: str) -> None:

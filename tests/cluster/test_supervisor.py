@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import subprocess
 from pathlib import Path
 
@@ -13,11 +15,15 @@ from statelab.cluster.supervisor import (
     ClusterError,
     ClusterOptions,
     EventLog,
+    Replica,
     _redact,
     _start_time,
+    http_ok,
     reap_stale,
+    statelab_command,
 )
 from statelab.config import Profile
+from tests.support import PROCESS_ENV
 
 
 def test_only_placements_that_need_redis_start_it() -> None:
@@ -87,3 +93,46 @@ def test_what_a_crashed_supervisor_left_is_killed(tmp_path: Path) -> None:
         for proc in (orphan, recycled):
             proc.kill()
             proc.wait()
+
+
+def test_the_control_port_follows_the_shop_port_unless_chosen() -> None:
+    assert ClusterOptions().wanted_control_port == 8001
+    assert ClusterOptions(port=0).wanted_control_port == 0  # both chosen
+    assert ClusterOptions(port=0, control_port=9100).wanted_control_port == 9100
+    with pytest.raises(ClusterError, match="must differ"):
+        ClusterOptions(port=9100, control_port=9100).check()
+    with pytest.raises(ClusterError, match="1 to 65535"):
+        ClusterOptions(port=65535).check()  # the control port would be 65536
+
+
+class _Outrun(Replica):
+    """A replica whose port another listener binds after our check, before uvicorn."""
+
+    intruder: socket.socket | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.intruder is None:
+            self.intruder = socket.create_server(("127.0.0.1", self.port))
+
+
+def test_a_replica_moves_off_a_port_taken_while_it_starts(tmp_path: Path, sqlite_url: str) -> None:
+    argv = [*statelab_command(), "serve", "--profile", "stateful", "--database-url", sqlite_url]
+    env = {
+        **os.environ,
+        **PROCESS_ENV,
+        "STATELAB_SECRET_KEY": secrets.token_hex(32),
+        "STATELAB_DATA_DIR": str(tmp_path / "data"),
+    }
+    replica = _Outrun("r1", tmp_path, argv, env)
+    try:
+        with replica:
+            assert replica.intruder is not None
+            taken = replica.intruder.getsockname()[1]
+            assert replica.port != taken
+            assert http_ok(replica.port)
+            assert not replica.pinned, "the supervisor re-points HAProxy: it may move again"
+        assert "address already in use" in replica.log_path.read_text()
+    finally:
+        if replica.intruder is not None:
+            replica.intruder.close()

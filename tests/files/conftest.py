@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.cluster.servers import PortedProcess
 from tests.files.support import Deployment
 from tests.support import answers_ok
 
@@ -24,11 +24,16 @@ async def deployment(tmp_path: Path, redis_url: str, sqlite_url: str) -> AsyncIt
 
 @pytest.fixture
 def s3_endpoint(tmp_path: Path) -> Iterator[str]:
-    """moto's S3 server on a free loopback port, stopped by PID after the test."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    ready = f"{url}/moto-api/"
-    with ManagedProcess("moto", tmp_path / "moto", argv, ready=lambda: answers_ok(ready)) as server:
+    """moto's S3 server on a loopback port of its own, stopped by PID after the test."""
+    server = PortedProcess(
+        "moto",
+        tmp_path / "moto",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        ready=lambda port: answers_ok(f"http://127.0.0.1:{port}/moto-api/"),
+    )
+    server.start()
+    try:
         server.wait_ready(30)
-        yield url
+        yield f"http://{server.address}"
+    finally:
+        server.stop()

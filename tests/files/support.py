@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.cluster.servers import ManagedProcess, PortedProcess
 from statelab.config import build_settings
 from statelab.web.app import create_app
 from tests.support import PROCESS_ENV, answers_ok
@@ -209,19 +209,22 @@ def replica_process(
     *place: str,
     profile: str = "stateless",
     **extra_env: str,
-) -> tuple[ManagedProcess, str]:
-    """``statelab serve`` on a free port; ready when ``/readyz`` answers 200."""
-    port = free_port()
-    argv = ["serve", "--profile", profile, "--port", str(port), "--replica-id", replica_id]
+) -> PortedProcess:
+    """``statelab serve`` on a port of its own (``http_url``, once it started); ready
+    when ``/readyz`` answers 200."""
+    argv = ["serve", "--profile", profile, "--replica-id", replica_id]
     argv += ["--redis-url", redis_url, "--database-url", database_url]
     for p in place:
         argv += ["--place", p]
-    url = f"http://127.0.0.1:{port}"
-    process = ManagedProcess(
+    return PortedProcess(
         replica_id,
         run_dir,
-        statelab(*argv),
+        lambda port: statelab(*argv, "--port", str(port)),
         env=env(STATELAB_DATA_DIR=str(run_dir / replica_id), **extra_env),
-        ready=lambda: answers_ok(f"{url}/readyz"),
+        ready=lambda port: answers_ok(f"http://127.0.0.1:{port}/readyz"),
     )
-    return process, url
+
+
+def http_url(process: PortedProcess) -> str:
+    """Where ``process`` serves HTTP (its port may change until it has started)."""
+    return f"http://{process.address}"

@@ -20,6 +20,7 @@ from tests.files.support import (
     SECRET,
     Deployment,
     eventually,
+    http_url,
     image_bytes,
     log_has,
     paid_order,
@@ -123,22 +124,22 @@ async def test_a_killed_replicas_inprocess_job_is_lost_but_a_queued_one_is_not(
 ) -> None:
     objects = {"STATELAB_OBJECT_STORE_URL": (tmp_path / "objects").as_uri()}
     hold = {"STATELAB_JOB_HOLD_SECONDS": "60"}
-    inproc, url = replica_process(
+    inproc = replica_process(
         run_dir, "r1", redis_url, sqlite_url, "jobs=inprocess", **hold, **objects
     )
     with inproc:
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=http_url(inproc)) as client:
             headers = await register_and_login(client, unique("lou"))
             lost = await paid_order(client, headers, "lost")
             await eventually(lambda: _async(log_has(inproc.log_path, "holding")), timeout=30)
         inproc.kill(signal.SIGKILL)
 
     # A replica with a queue (and a worker) takes over; nothing brings the job back.
-    queued, url2 = replica_process(run_dir, "r2", redis_url, sqlite_url, **objects)
+    queued = replica_process(run_dir, "r2", redis_url, sqlite_url, **objects)
     worker = worker_process(run_dir, "w1", redis_url, sqlite_url, **objects)
     assert _receipt_in_db_now(sqlite_url, lost) is None
     with queued, worker:
-        async with httpx.AsyncClient(base_url=url2) as client:
+        async with httpx.AsyncClient(base_url=http_url(queued)) as client:
             headers = await register_and_login(client, unique("liz"))
             kept = await paid_order(client, headers, "kept")
         queued.kill(signal.SIGKILL)  # the replica that took this order dies at once too

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from statelab.cluster.servers import free_port
 from statelab.config import build_settings
 from statelab.db.migrate import upgrade
 from statelab.web.app import create_app
@@ -171,8 +170,10 @@ async def test_pages_know_a_jwt_user_from_the_token_cookie(token: httpx.AsyncCli
     assert _badge(r.text) == ("r7", "token")
 
 
-async def test_a_store_that_is_down_gives_a_readable_page(tmp_path: Path, sqlite_url: str) -> None:
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+async def test_a_store_that_is_down_gives_a_readable_page(
+    tmp_path: Path, sqlite_url: str, closed_port: int
+) -> None:
+    dead_redis = f"redis://127.0.0.1:{closed_port}/0"  # nothing listens there
     async for client in _replica(
         tmp_path, sqlite_url, profile="stateful", place={"cart": "redis"}, redis_url=dead_redis
     ):

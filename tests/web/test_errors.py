@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from statelab.cluster.servers import free_port
 from tests.support import register_and_login
 from tests.web.conftest import ShopFactory
 
@@ -98,8 +97,10 @@ async def test_metrics_are_labelled_with_the_replica(shop: ShopFactory) -> None:
 
 
 @pytest.mark.parametrize("profile", ["stateless", "token"])
-async def test_redis_down_gives_503_with_retry_after(shop: ShopFactory, profile: str) -> None:
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+async def test_redis_down_gives_503_with_retry_after(
+    shop: ShopFactory, profile: str, closed_port: int
+) -> None:
+    dead_redis = f"redis://127.0.0.1:{closed_port}/0"
     client = await shop(profile, redis_url=dead_redis)
     ready = await client.get("/readyz")
     assert ready.status_code == 503
@@ -116,8 +117,8 @@ async def test_redis_down_gives_503_with_retry_after(shop: ShopFactory, profile:
     assert "Retry-After" in r.headers
 
 
-async def test_database_down_gives_503(shop: ShopFactory, tmp_path: object) -> None:
-    client = await shop("stateless", database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x")
+async def test_database_down_gives_503(shop: ShopFactory, closed_port: int) -> None:
+    client = await shop("stateless", database_url=f"postgresql://nobody@127.0.0.1:{closed_port}/x")
     assert (await client.get("/readyz")).status_code == 503
     r = await client.post(
         "/api/auth/register", json={"username": "joan", "password": "long enough pw"}

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from statelab.cluster import dashboard
-from statelab.cluster.servers import LOOPBACK, PortInUse, ServerError
+from statelab.cluster.servers import ServerError
 from statelab.cluster.supervisor import Cluster, ClusterError, read_state
 
 __all__ = ["ClusterNotFound", "ControlClient", "ControlServer", "create_control_app"]
@@ -138,16 +138,12 @@ class ControlServer:
         self._sock: socket.socket | None = None
 
     async def start(self) -> None:
-        # Binding here, not in uvicorn, turns a taken port into our own clear error.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, self.cluster.control_port))
-        except OSError as exc:
-            sock.close()
-            raise PortInUse(
-                f"port {self.cluster.control_port} for the control API is in use"
-            ) from exc
+        """Serve on the socket the cluster bound at preflight (binding it there, not
+        in uvicorn, makes the port ours before cluster.json names it)."""
+        self.cluster.preflight()
+        sock = self.cluster.control_socket
+        if sock is None:
+            raise ServerError("the control API has no socket")
         self._sock = sock
         self._task = asyncio.get_running_loop().create_task(self._server.serve([sock]))
         while not self._server.started:

@@ -20,16 +20,16 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from statelab.cluster.servers import (
     LOOPBACK,
-    ManagedProcess,
+    PortedProcess,
+    PortPicker,
     ServerError,
     find_binary,
-    require_free_port,
 )
 
 __all__ = [
@@ -55,7 +55,7 @@ AdminState = Literal["ready", "drain", "maint"]
 
 @dataclass(frozen=True)
 class LoadBalancerConfig:
-    """What the generated config depends on."""
+    """What the generated config depends on (``port`` 0: the server picks one)."""
 
     port: int
     socket_path: Path
@@ -182,13 +182,36 @@ backend {backend}
 """
 
 
-class HAProxyServer(ManagedProcess):
-    """``haproxy`` in master-worker mode, in the foreground, with a generated config."""
+class HAProxyServer(PortedProcess):
+    """``haproxy`` in master-worker mode, in the foreground, with a generated config.
 
-    def __init__(self, run_dir: Path, cfg: LoadBalancerConfig, name: str = "haproxy") -> None:
-        super().__init__(name, run_dir)
+    Its port is ``cfg.port``: pinned when given, picked (and movable until it first
+    serves) when 0 or when ``pinned=False``.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: LoadBalancerConfig,
+        name: str = "haproxy",
+        *,
+        pinned: bool | None = None,
+        ports: PortPicker | None = None,
+    ) -> None:
         self.cfg = cfg
         self.binary = find_binary("haproxy", "haproxy")
+        super().__init__(
+            name, run_dir, port=cfg.port, pinned=pinned, purpose="the load balancer", ports=ports
+        )
+
+    @property
+    def port(self) -> int:
+        """The listening port: the config's, so the two never disagree."""
+        return self.cfg.port
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self.cfg = replace(self.cfg, port=value)
 
     @property
     def config_path(self) -> Path:
@@ -211,7 +234,7 @@ class HAProxyServer(ManagedProcess):
         self.config_path.write_text(render_config(self.cfg))
 
     def prepare(self) -> None:
-        require_free_port(self.cfg.port, "the load balancer")
+        super().prepare()
         self.write_config()
         check = subprocess.run(
             [self.binary, "-c", "-f", str(self.config_path)],

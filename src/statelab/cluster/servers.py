@@ -3,13 +3,22 @@
 ``ManagedProcess`` is the one way statelab runs a binary: in its own session (so
 a signal meant for it never reaches our terminal, and its children die with it),
 stdout and stderr appended to ``<run_dir>/logs/<name>.log``, its PID written to
-``<run_dir>/pids/<name>.pid``. ``RedisServer`` and ``PostgresServer`` build on it.
+``<run_dir>/pids/<name>.pid``. ``PortedProcess`` adds the one TCP port it listens
+on; ``RedisServer`` and ``PostgresServer`` build on that.
+
+Ports: picking a port by binding port 0 and letting it go races with every other
+process on the machine, because the kernel hands out that same (ephemeral) range
+for outgoing connections. ``PortPicker`` chooses outside that range, so only other
+listeners can take our port; ``PortedProcess`` and ``bind_port`` make that race
+harmless by moving to another port when theirs was taken first. A port somebody
+asked for by number is never moved: taken, it is a ``PortInUse`` error.
 
 Exceptions::
 
     ServerError            a process failed to start, died, or did not get ready
     ├── MissingBinary      the executable is not installed (names the Debian package)
-    └── PortInUse          the port we were told to use is taken
+    ├── PortInUse          the port we were told to use is taken (or every one we tried)
+    └── ServerExited       the process exited while starting (its output attached)
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import contextlib
 import grp
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -26,7 +36,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -35,12 +45,18 @@ __all__ = [
     "ManagedProcess",
     "MissingBinary",
     "PortInUse",
+    "PortPicker",
+    "PortedProcess",
     "PostgresServer",
     "RedisServer",
     "ServerError",
+    "ServerExited",
+    "bind_port",
+    "ephemeral_port_range",
     "find_binary",
-    "free_port",
     "port_is_free",
+    "require_free_port",
+    "reserved_ports",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -58,12 +74,13 @@ class PortInUse(ServerError):
     """The requested port is already bound by someone else."""
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+class ServerExited(ServerError):
+    """The process exited before it was ready; ``output`` is what it logged."""
+
+    def __init__(self, message: str, code: int | None, output: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.output = output
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
@@ -82,7 +99,162 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
 def require_free_port(port: int, what: str) -> None:
     """Raise ``PortInUse`` with a clear message when ``port`` is taken."""
     if not port_is_free(port):
-        raise PortInUse(f"port {port} on {LOOPBACK} is already in use (wanted for {what})")
+        raise _in_use(port, what)
+
+
+def _in_use(port: int, what: str) -> PortInUse:
+    return PortInUse(f"port {port} on {LOOPBACK} is already in use (wanted for {what})")
+
+
+# -- choosing ports ------------------------------------------------------------------
+
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+#: Linux's own default, for a system that does not say (no /proc).
+_DEFAULT_EPHEMERAL = (32768, 60999)
+#: Below this live the ports people give their own servers by habit (3000, 5432,
+#: 6379, 8000, 8080); we leave them alone while the kernel leaves us room above.
+PREFERRED_FLOOR = 10000
+#: Fewer candidates than this above the floor: use every port above 1024 instead.
+_MIN_POOL = 1000
+#: Random candidates ``pick`` checks before it gives up (each is one bind()).
+_PICK_TRIES = 100
+#: Ports a ``PortedProcess`` or ``bind_port`` tries before giving up.
+PORT_ATTEMPTS = 5
+#: What redis-server, postgres, haproxy, uvicorn and werkzeug all say (in some case)
+#: when bind() fails with EADDRINUSE.
+_ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
+
+
+def ephemeral_port_range(path: Path = _PORT_RANGE) -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (both ends included)."""
+    try:
+        low, high = (int(n) for n in path.read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+    return low, high
+
+
+def reserved_ports(path: Path = _RESERVED_PORTS) -> list[range]:
+    """``ip_local_reserved_ports`` (``"8000-8010,9000"``) as ranges; none when unreadable."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return []
+    found = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        with contextlib.suppress(ValueError):
+            found.append(range(int(low), int(high or low) + 1))
+    return found
+
+
+def _without(ranges: list[range], holes: Sequence[range]) -> list[range]:
+    """``ranges`` with every port of ``holes`` taken out (all steps are 1)."""
+    for hole in holes:
+        kept = []
+        for r in ranges:
+            if hole.stop <= r.start or hole.start >= r.stop:
+                kept.append(r)
+                continue
+            if r.start < hole.start:
+                kept.append(range(r.start, hole.start))
+            if hole.stop < r.stop:
+                kept.append(range(hole.stop, r.stop))
+        ranges = kept
+    return ranges
+
+
+class PortPicker:
+    """Chooses ports for our listeners outside the kernel's ephemeral range.
+
+    The kernel gives every outgoing connection a local port from the ephemeral range
+    (``ip_local_port_range``), at any moment, anywhere on the machine: a port found
+    free there can be gone a millisecond later. Outside it only listeners compete,
+    and ``PortedProcess``/``bind_port`` move on when one got there first. Ports in
+    ``ip_local_reserved_ports`` are reserved for someone's fixed listener: skipped.
+    ``rng`` is injectable so a test can know the choices in advance.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        *,
+        ephemeral: tuple[int, int] | None = None,
+        reserved: Sequence[range] | None = None,
+    ) -> None:
+        # SystemRandom by default: no state to share with a forked child, which
+        # would otherwise pick exactly the ports its parent picks.
+        self._rng = rng if rng is not None else random.SystemRandom()
+        low, high = ephemeral if ephemeral is not None else ephemeral_port_range()
+        holes = [range(low, high + 1), *(reserved if reserved is not None else reserved_ports())]
+        self.ranges = _without([range(PREFERRED_FLOOR, 65536)], holes)
+        if self.size < _MIN_POOL:
+            self.ranges = _without([range(1025, 65536)], holes)
+        if not self.ranges:
+            # The ephemeral range covers everything: we cannot avoid it, only retry.
+            self.ranges = _without([range(1025, 65536)], holes[1:])
+
+    @property
+    def size(self) -> int:
+        """How many ports this picker chooses from."""
+        return sum(len(r) for r in self.ranges)
+
+    def candidates(self) -> Iterator[int]:
+        """Endless uniformly random ports from the allowed ranges."""
+        if not self.ranges:
+            raise ServerError("no port above 1024 is left: all are reserved")
+        while True:
+            index = self._rng.randrange(self.size)
+            for r in self.ranges:
+                if index < len(r):
+                    yield r[index]
+                    break
+                index -= len(r)
+
+    def pick(self, host: str = LOOPBACK) -> int:
+        """A random allowed port that can be bound on ``host`` right now."""
+        candidates = self.candidates()
+        for _ in range(_PICK_TRIES):
+            port = next(candidates)
+            if port_is_free(port, host):
+                return port
+        raise PortInUse(f"no free port on {host} after {_PICK_TRIES} tries")
+
+
+_default_picker: PortPicker | None = None
+
+
+def default_picker() -> PortPicker:
+    """The process-wide picker (reads the kernel's ranges once)."""
+    global _default_picker
+    if _default_picker is None:
+        _default_picker = PortPicker()
+    return _default_picker
+
+
+def bind_port(port: int, purpose: str, ports: PortPicker | None = None) -> socket.socket:
+    """A TCP socket bound on loopback, not yet listening, now owned by the caller.
+
+    Binding *is* the claim, so there is no race: ``port`` 0 binds a picked port
+    (another one if a listener took it first); any other port is bound as asked or
+    ``PortInUse`` names ``purpose``."""
+    picker = ports or default_picker()
+    for _ in range(PORT_ATTEMPTS):
+        chosen = port or picker.pick()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # As every server we start does: a TIME_WAIT left by our previous run is no
+        # reason to refuse.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, chosen))
+        except OSError as exc:
+            sock.close()
+            if port:
+                raise _in_use(port, purpose) from exc
+            continue
+        return sock
+    raise PortInUse(f"{PORT_ATTEMPTS} ports in a row were taken (wanted for {purpose})")
 
 
 def find_binary(name: str, package: str, extra_dirs: Sequence[Path] = ()) -> str:
@@ -127,6 +299,7 @@ class ManagedProcess:
         self.user = user
         self._proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
+        self._log_mark = 0  # where this start's output begins in the log
 
     # -- what to run ---------------------------------------------------------------
 
@@ -181,6 +354,7 @@ class ManagedProcess:
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command()
         with self.log_path.open("ab") as log:
+            self._log_mark = log.tell()
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} start: {argv}\n".encode())
             log.flush()
             try:
@@ -207,9 +381,11 @@ class ManagedProcess:
             if not self.alive:
                 code = self.returncode
                 self._reap()
-                raise ServerError(
+                raise ServerExited(
                     f"{self.name} exited with code {code} while starting; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
+                    f"log {self.log_path}:\n{self.log_tail()}",
+                    code,
+                    self.output_since_start(),
                 )
             if self._safe_is_ready():
                 return
@@ -232,6 +408,15 @@ class ManagedProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to exit by itself; its exit
+        code, or ``None`` while it still runs."""
+        if self._proc is None:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout)
+        return self._proc.poll()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
@@ -261,6 +446,21 @@ class ManagedProcess:
             os.killpg(proc.pid, signal.SIGKILL)
         self.pid_path.unlink(missing_ok=True)
         return code
+
+    def output_since_start(self) -> str:
+        """What the process logged since its latest start."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_mark)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def note(self, text: str) -> None:
+        """Append a line of ours to the process's log (between its own lines)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n".encode())
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the log file, for error messages."""
@@ -299,20 +499,121 @@ def _as_user(user: str | None) -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+class PortedProcess(ManagedProcess):
+    """A managed process that listens on one TCP port of the loopback interface.
+
+    ``port`` 0 (or ``None``) lets us choose one with ``ports`` (a ``PortPicker``).
+    When the port turns out to be taken, at the check before each spawn or because
+    the process exits saying "Address already in use" while starting, a *movable*
+    port is exchanged for another one and the process started again, up to
+    ``PORT_ATTEMPTS`` ports. A port the caller gave is *pinned*: taken, it is a
+    ``PortInUse`` error naming ``purpose``. Once ready, the port is published
+    (clients hold URLs with it), so it is pinned from then on, unless the class is
+    ``MOVABLE``: its owner re-points the clients itself after a restart.
+
+    ``argv`` and ``ready`` may be functions of the port; subclasses override
+    ``command`` and ``is_ready`` instead, reading ``self.port``.
+    """
+
+    MOVABLE = False
+
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        argv: Sequence[str] | Callable[[int], Sequence[str]] | None = None,
+        *,
+        port: int | None = None,
+        pinned: bool | None = None,
+        purpose: str | None = None,
+        ports: PortPicker | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready: Callable[[int], bool] | None = None,
+        user: str | None = None,
+    ) -> None:
+        static = None if callable(argv) else argv
+        super().__init__(name, run_dir, static, env=env, cwd=cwd, user=user)
+        self._argv_for = argv if callable(argv) else None
+        self._ready_on = ready
+        self.ports = ports or default_picker()
+        self.port = port or self.ports.pick()
+        self.pinned = bool(port) if pinned is None else pinned
+        self.purpose = purpose or name
+        self._moves = 0
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, for URLs."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def command(self) -> list[str]:
+        if self._argv_for is not None:
+            return list(self._argv_for(self.port))
+        return super().command()
+
+    def is_ready(self) -> bool:
+        if self._ready_on is not None:
+            return self._ready_on(self.port)
+        return super().is_ready()
+
+    def start(self) -> None:
+        self._moves = 0
+        super().start()
+
+    def prepare(self) -> None:
+        """Before each spawn: make sure the port is still ours to take."""
+        if not port_is_free(self.port):
+            self._move(f"port {self.port} is taken")
+
+    def _move(self, why: str) -> None:
+        if self.pinned:
+            raise _in_use(self.port, self.purpose)
+        if self._moves + 1 >= PORT_ATTEMPTS:
+            raise PortInUse(
+                f"{PORT_ATTEMPTS} ports in a row were taken (wanted for {self.purpose}); "
+                f"last: {why}"
+            )
+        self._moves += 1
+        was, self.port = self.port, self.ports.pick()
+        self.note(f"{why}: moving from port {was} to {self.port}")
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                super().wait_ready(max(deadline - time.monotonic(), 0.0))
+                break
+            except ServerExited as exc:
+                # Someone bound the port between our check and the process's bind().
+                if not _ADDRESS_IN_USE.search(exc.output):
+                    raise
+                self._move(f"port {self.port} was taken while {self.name} started")
+                ManagedProcess.start(self)  # not self.start(): the attempts go on counting
+        if not self.MOVABLE:
+            self.pinned = True
+
+
 # -- Redis ---------------------------------------------------------------------------
 
 
-class RedisServer(ManagedProcess):
+class RedisServer(PortedProcess):
     """``redis-server`` on loopback with AOF (``appendfsync everysec``) in ``run_dir``.
 
     Restartable on the same port and folder: the append-only file is replayed, so a
     clean stop loses nothing and a ``kill -9`` loses at most about a second of writes.
     """
 
-    def __init__(self, run_dir: Path, port: int | None = None, name: str = "redis") -> None:
-        super().__init__(name, run_dir)
-        self.port = port or free_port()
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int | None = None,
+        name: str = "redis",
+        *,
+        ports: PortPicker | None = None,
+    ) -> None:
         self.binary = find_binary("redis-server", "redis-server")
+        super().__init__(name, run_dir, port=port, ports=ports)
 
     @property
     def url(self) -> str:
@@ -323,7 +624,7 @@ class RedisServer(ManagedProcess):
         return self.run_dir / f"{self.name}.conf"
 
     def prepare(self) -> None:
-        require_free_port(self.port, self.name)
+        super().prepare()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config())
 
@@ -386,7 +687,7 @@ def postgres_bindir() -> Path:
     raise MissingBinary("initdb not found: install PostgreSQL with `apt-get install postgresql`")
 
 
-class PostgresServer(ManagedProcess):
+class PostgresServer(PortedProcess):
     """A throwaway PostgreSQL cluster (``initdb`` + ``postgres``) on loopback.
 
     Trust authentication on 127.0.0.1 only; the superuser role and database are both
@@ -404,10 +705,10 @@ class PostgresServer(ManagedProcess):
         *,
         fsync: bool = True,
         name: str = "postgres",
+        ports: PortPicker | None = None,
     ) -> None:
         user = "postgres" if os.geteuid() == 0 else None
-        super().__init__(name, run_dir, user=user)
-        self.port = port or free_port()
+        super().__init__(name, run_dir, port=port, ports=ports, user=user)
         self.fsync = fsync
         self.bindir = postgres_bindir()
         self._scratch: Path | None = None  # our own temp folder, when run_dir is unusable
@@ -467,7 +768,7 @@ class PostgresServer(ManagedProcess):
         }
 
     def prepare(self) -> None:
-        require_free_port(self.port, self.name)
+        super().prepare()
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         self.socket_dir.chmod(0o700)

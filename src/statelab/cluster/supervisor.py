@@ -7,6 +7,13 @@ runs, ``Cluster.watch`` notices processes that exit and HAProxy's view of each
 replica changing, writes both to the events log, and (with ``self_heal``)
 restarts a dead replica after a short delay, as Kubernetes would.
 
+Ports: ``--port 0`` and ``--control-port 0`` let the cluster choose. Every port
+it publishes is claimed before ``cluster.json`` names it: the control API's socket
+is bound at preflight and held; each server's port is chosen outside the kernel's
+ephemeral range and checked, and a server whose port was taken anyway moves to
+another (see ``statelab.cluster.servers``). A replica restarted later keeps its
+port when it can; if not, its load-balancer slot is re-pointed at the new one.
+
 Everything lives in the run folder::
 
     run/
@@ -36,6 +43,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,10 +63,12 @@ from statelab.cluster.haproxy import (
 from statelab.cluster.servers import (
     LOOPBACK,
     ManagedProcess,
+    PortedProcess,
     PostgresServer,
     RedisServer,
     ServerError,
-    free_port,
+    bind_port,
+    default_picker,
     require_free_port,
 )
 from statelab.config import NEEDS_REDIS, PROFILES, Profile
@@ -96,8 +106,8 @@ class ClusterOptions:
 
     profile: Profile = Profile.stateless
     replicas: int = 3
-    port: int = 8000
-    control_port: int | None = None  # default: port + 1
+    port: int = 8000  # 0: choose a free port
+    control_port: int | None = None  # default: port + 1 (0 with port 0); 0: choose
     database: str = "sqlite"  # sqlite | postgres | a database URL
     place: dict[str, str] = field(default_factory=dict)
     run_dir: Path = Path("run")
@@ -128,7 +138,18 @@ class ClusterOptions:
             return self.workers
         return 1 if self.placements["jobs"] == "queue" else 0
 
+    @property
+    def wanted_control_port(self) -> int:
+        if self.control_port is not None:
+            return self.control_port
+        return self.port + 1 if self.port else 0
+
     def check(self) -> None:
+        ports = (self.port, self.wanted_control_port)
+        if not all(0 <= p <= 65535 for p in ports):
+            raise ClusterError("ports go from 1 to 65535 (0: choose a free one)", 400)
+        if self.port and self.port == self.wanted_control_port:
+            raise ClusterError("--port and --control-port must differ", 400)
         if not 1 <= self.replicas <= self.slots:
             raise ClusterError(f"--replicas must be between 1 and {self.slots}", 400)
         if self.worker_count and self.placements["jobs"] != "queue":
@@ -188,7 +209,7 @@ class Member(ManagedProcess):
     """A process of the service itself (replica or worker): killable, restartable."""
 
     def __init__(self, name: str, run_dir: Path, argv: list[str], env: dict[str, str]):
-        super().__init__(name, run_dir, argv, env=env)
+        super().__init__(name, run_dir, argv, env=env)  # for a Replica: PortedProcess's
         self.wanted = True  # should be running: self-heal restarts it if it dies
         self.exit_reported = False
         self.lock = asyncio.Lock()  # one lifecycle change at a time
@@ -198,13 +219,22 @@ class Member(ManagedProcess):
         self.exit_reported = False
 
 
-class Replica(Member):
-    """One ``statelab serve`` process; ready when its ``/readyz`` answers 200."""
+class Replica(Member, PortedProcess):
+    """One ``statelab serve`` process on a port of its own (``--port`` is added to
+    ``argv``); ready when its ``/readyz`` answers 200.
 
-    def __init__(self, rid: str, port: int, run_dir: Path, argv: list[str], env: dict[str, str]):
+    Its port is movable: when another listener took it while the replica was down,
+    the replica starts on a new one and the supervisor re-points its HAProxy slot.
+    """
+
+    MOVABLE = True
+
+    def __init__(self, rid: str, run_dir: Path, argv: list[str], env: dict[str, str]):
         super().__init__(rid, run_dir, argv, env)
-        self.port = port
         self.seen_up = False  # HAProxy has seen it UP since its last start
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--port", str(self.port)]
 
     def is_ready(self) -> bool:
         return http_ok(self.port)
@@ -254,7 +284,9 @@ class Cluster:
         self.options = options
         self.run_dir = options.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.control_port = options.control_port or options.port + 1
+        self.control_port = options.wanted_control_port  # the bound one after preflight
+        self.control_socket: socket.socket | None = None  # bound at preflight, not listening
+        self._shop_port = options.port  # HAProxy's, chosen at preflight when 0
         self.events = EventLog(self.run_dir / EVENTS_FILE)
         self.redis: RedisServer | None = None
         self.postgres: PostgresServer | None = None
@@ -274,21 +306,36 @@ class Cluster:
     # -- start and stop --------------------------------------------------------------
 
     @property
+    def shop_port(self) -> int:
+        return self.haproxy.port if self.haproxy is not None else self._shop_port
+
+    @property
     def shop_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.options.port}"
+        return f"http://{LOOPBACK}:{self.shop_port}"
 
     @property
     def control_url(self) -> str:
         return f"http://{LOOPBACK}:{self.control_port}"
 
+    def preflight(self) -> None:
+        """Refuse to start over a live cluster, kill what a crashed one left, claim
+        the ports. The control API's is bound now and held until it serves; a given
+        shop port is checked (HAProxy binds it later), port 0 gets a chosen one."""
+        if self._preflight_done:
+            return
+        if leftovers := reap_stale(self.run_dir):
+            self.events.emit("cluster.reaped", targets=leftovers)
+        if self.options.port:
+            require_free_port(self.options.port, "the shop (--port)")
+        self.control_socket = bind_port(self.control_port, "the control API")
+        self.control_port = self.control_socket.getsockname()[1]
+        self._shop_port = self.options.port or default_picker().pick()
+        self._preflight_done = True
+
     async def start(self) -> None:
         """Start every process, in dependency order, each checked ready."""
         opts = self.options
-        if leftovers := reap_stale(self.run_dir):
-            self.events.emit("cluster.reaped", targets=leftovers)
-        require_free_port(opts.port, "the shop (--port)")
-        require_free_port(self.control_port, "the control API")
-        self._preflight_done = True
+        self.preflight()
         if opts.fresh:
             self._wipe()
         self.secret = self._secret()
@@ -304,7 +351,8 @@ class Cluster:
             self._new_worker(f"w{i}")
         members = [*self.replicas.values(), *self.workers.values()]
         await asyncio.gather(*(self._launch(m) for m in members))
-        self.haproxy = HAProxyServer(self.run_dir, self._lb_config())
+        # A chosen shop port may still move if taken before HAProxy binds it.
+        self.haproxy = HAProxyServer(self.run_dir, self._lb_config(), pinned=bool(opts.port))
         await self._launch(self.haproxy)
         self.save_state()
         self.events.emit("cluster.up", shop_url=self.shop_url, control_url=self.control_url)
@@ -317,6 +365,8 @@ class Cluster:
         if not self._preflight_done:
             self.events.close()  # another cluster may own this folder: leave it alone
             return
+        if self.control_socket is not None:
+            self.control_socket.close()
         self.events.emit("cluster.stopping")
         if self.haproxy is not None:
             await asyncio.to_thread(self.haproxy.stop)
@@ -333,6 +383,7 @@ class Cluster:
 
     async def _launch(self, proc: ManagedProcess) -> None:
         began = time.monotonic()
+        was = proc.port if isinstance(proc, PortedProcess) else None
         # start() may run initdb or `haproxy -c`: keep the control API answering.
         await asyncio.to_thread(proc.start)
         self.save_state()  # from now on a later `up` can find and reap it
@@ -340,6 +391,17 @@ class Cluster:
         await asyncio.to_thread(proc.wait_ready, self.options.ready_timeout)
         took = round(time.monotonic() - began, 3)
         self.events.emit("process.ready", target=proc.name, pid=proc.pid, seconds=took)
+        if isinstance(proc, PortedProcess) and proc.port != was:
+            self._moved(proc, was)
+        self.save_state()  # the pid (and port) of a start retried on another port
+
+    def _moved(self, proc: PortedProcess, was: int | None) -> None:
+        """``proc`` serves on another port than before: tell HAProxy if it routes there."""
+        self.events.emit("process.moved", target=proc.name, was=was, now=proc.port)
+        lb = self.haproxy
+        if isinstance(proc, Replica) and lb is not None and proc.name in lb.cfg.servers:
+            self._lb().api.set_address(proc.name, proc.port)
+            lb.write_config(self._lb_config())
 
     def _secret(self) -> str:
         # One secret for all replicas (any of them must verify what another signed);
@@ -388,16 +450,14 @@ class Cluster:
     # -- replicas --------------------------------------------------------------------
 
     def _new_replica(self, rid: str) -> Replica:
-        port = free_port()
         argv = [
             *statelab_command(),
             "serve",
-            "--port", str(port),
             "--replica-id", rid,
             "--host", LOOPBACK,
             *self._shared_options(),
         ]  # fmt: skip
-        replica = Replica(rid, port, self.run_dir, argv, self._member_env("replicas", rid))
+        replica = Replica(rid, self.run_dir, argv, self._member_env("replicas", rid))
         self.replicas[rid] = replica
         return replica
 
@@ -443,7 +503,7 @@ class Cluster:
 
     def _lb_config(self) -> LoadBalancerConfig:
         return LoadBalancerConfig(
-            port=self.options.port,
+            port=self.shop_port,
             socket_path=runtime_socket_path(self.run_dir),
             sticky=self.options.sticky,
             servers={rid: r.port for rid, r in self.replicas.items()},
@@ -499,7 +559,9 @@ class Cluster:
                 raise ClusterError(f"all {self.options.slots} load-balancer slots are in use")
             replica = self._new_replica(free[0])
             try:
-                await self._launch(replica)
+                # Held so the watcher leaves a start retried on another port alone.
+                async with replica.lock:
+                    await self._launch(replica)
             except ServerError:
                 replica.stop()
                 del self.replicas[replica.name]
@@ -700,7 +762,7 @@ class Cluster:
             },
             "haproxy": _process_status(
                 lb,
-                port=self.options.port,
+                port=self.shop_port,
                 stats_socket=str(lb.cfg.socket_path) if lb else None,
                 config=str(lb.config_path) if lb else None,
                 requests=sum(s.requests for s in stats.values()),

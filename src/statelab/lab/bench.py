@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from statelab.cluster.servers import ManagedProcess, MissingBinary, RedisServer, free_port
+from statelab.cluster.servers import MissingBinary, PortedProcess, RedisServer
 from statelab.db.migrate import upgrade
 
 PROFILES = ("stateful", "stateless", "token")
@@ -82,29 +82,22 @@ def parse_wrk(output: str) -> Result:
     return Result(rps, pct.get("50", 0.0), pct.get("99", 0.0), errors)
 
 
-def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "statelab",
-        "serve",
-        "--profile",
-        profile,
-        "--port",
-        str(port),
-        "--replica-id",
-        f"{profile}-r1",
-    ]
+def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> PortedProcess:
+    """One replica of ``profile`` on a port of its own."""
 
-    def ready() -> bool:
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "statelab", "serve", "--profile", profile,
+            "--port", str(port), "--replica-id", f"{profile}-r1",
+        ]  # fmt: skip
+
+    def ready(port: int) -> bool:
         try:
-            return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200
         except httpx.TransportError:
             return False
 
-    return ManagedProcess(f"bench-{profile}", run_dir, argv, env=env, ready=ready), url
+    return PortedProcess(f"bench-{profile}", run_dir, argv, env=env, ready=ready)
 
 
 def login_users(url: str, count: int, users_file: Path) -> None:
@@ -256,8 +249,8 @@ def run(
                 "STATELAB_MAX_LINE_QUANTITY": "1000000",
                 "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
             }
-            replica, url = _replica(run_dir, profile, env)
-            replicas.enter_context(replica)
+            replica = replicas.enter_context(_replica(run_dir, profile, env))
+            url = f"http://{replica.address}"
             users_file = run_dir / f"{profile}.users"
             login_users(url, users, users_file)
             script = run_dir / f"{profile}.lua"

@@ -1,6 +1,10 @@
 """A deployment under test: ``statelab up`` in its own process, driven through its
 control API. The lab never reaches into it otherwise — the same scenarios could
-run against any deployment that offers the shop's URL and a control API."""
+run against any deployment that offers the shop's URL and a control API.
+
+The deployment chooses its own ports (``--port 0 --control-port 0``) and the lab
+reads them from its ``cluster.json``: a port picked here and passed on could be
+taken by someone else before ``statelab up`` binds it."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from statelab.cluster.control import ControlClient
-from statelab.cluster.servers import ManagedProcess, free_port
+from statelab.cluster.servers import ManagedProcess
 from statelab.cluster.supervisor import ClusterError, read_state
 
 # Lab deployments create thousands of sessions, and its customers order hundreds
@@ -46,11 +50,10 @@ class Deployment:
         self.run_dir = run_dir
         self.profile = profile
         self.replicas = replicas
-        self.port = free_port()
         argv = [
             sys.executable, "-m", "statelab", "up", "--profile", profile,
-            "--replicas", str(replicas), "--port", str(self.port),
-            "--control-port", str(free_port()), "--run-dir", str(run_dir), "--fresh",
+            "--replicas", str(replicas), "--port", "0", "--control-port", "0",
+            "--run-dir", str(run_dir), "--fresh",
         ]  # fmt: skip
         for kind, placement in (place or {}).items():
             argv += ["--place", f"{kind}={placement}"]
@@ -62,15 +65,18 @@ class Deployment:
             ready=self._all_up,
         )
         self._control: ControlClient | None = None
-        self.shop_url = f"http://127.0.0.1:{self.port}"
+        self.shop_url = ""  # known once it is up
 
     def _all_up(self) -> bool:
-        if read_state(self.run_dir) is None:
+        state = read_state(self.run_dir)
+        # A cluster.json from an earlier run names someone else's ports.
+        if state is None or state.get("supervisor", {}).get("pid") != self._process.pid:
             return False
         try:
             status = ControlClient(self.run_dir, timeout=2).status()
         except ClusterError:
             return False
+        self.shop_url = str(status["shop_url"])
         return all(r["state"] == "up" for r in status["replicas"])
 
     def __enter__(self) -> Self:
