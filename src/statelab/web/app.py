@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from statelab.config import Settings
 from statelab.state import open_stores
-from statelab.web import auth, chat, files, ops, pages, problems, shop
+from statelab.web import auth, chat, files, openapi, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 from statelab.worker import perform_job
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (auth.router, shop.router, ops.router, chat.router, files.router):
         app.include_router(router)
     pages.install(app)  # the browser pages and /static
+    openapi.install(app)  # every route's error answers, once all are included
     app.add_middleware(
         ReplicaMiddleware,
         replica_id=settings.replica_id,

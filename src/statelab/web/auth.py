@@ -26,14 +26,16 @@ from statelab.web.deps import (
     anon_csrf_token,
     set_cookie,
 )
+from statelab.web.params import Text
+from statelab.web.problems import responses
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
 class Credentials(BaseModel):
-    username: str = Field(min_length=1, max_length=100)
-    password: str = Field(min_length=1, max_length=200)
+    username: Text = Field(min_length=1, max_length=100)
+    password: Text = Field(min_length=1, max_length=200)
 
 
 class Registered(BaseModel):
@@ -84,13 +86,13 @@ def public_id(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()[:16]
 
 
-@router.post("/register", status_code=201)
+@router.post("/register", status_code=201, responses=responses(409, 429))
 async def register(body: Credentials, stores: StoresDep) -> Registered:
     user = await stores.users.register(body.username, body.password)
     return Registered(user_id=user.id, username=user.username)
 
 
-@router.post("/login", response_model_exclude_none=True)
+@router.post("/login", response_model_exclude_none=True, responses=responses(401, 429))
 async def login(
     body: Credentials,
     request: Request,

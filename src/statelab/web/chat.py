@@ -49,7 +49,8 @@ from statelab.state import Stores
 from statelab.state.chat import ChatStore, Event
 from statelab.state.session import Session
 from statelab.web.deps import StoresDep, UserDep, resolve_caller
-from statelab.web.problems import problem, status_of
+from statelab.web.params import KeyPath, NulFree, Seq, SeqQuery, Text
+from statelab.web.problems import problem, responses, status_of
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["chat"])
@@ -67,9 +68,8 @@ CLOSE_LOGGED_OUT, CLOSE_TOO_SLOW, CLOSE_RESTART = 4401, 1013, 1012
 
 # ------------------------------------------------------------------------ frames in
 
-RoomId = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Seq = Annotated[int, Field(ge=0)]
+RoomId = Annotated[str, StringConstraints(min_length=1, max_length=32), NulFree()]
+ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64), NulFree()]
 
 
 class _Frame(BaseModel):
@@ -90,7 +90,7 @@ class SendFrame(_Frame):
     type: Literal["send"]
     room: RoomId
     client_msg_id: ClientMsgId
-    text: str
+    text: Text
 
 
 class TypingFrame(_Frame):
@@ -651,7 +651,9 @@ async def chat_socket(websocket: WebSocket) -> None:
 
 
 class NewRoom(BaseModel):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80), NulFree()
+    ]
 
 
 class RoomOut(BaseModel):
@@ -712,19 +714,19 @@ async def create_room(body: NewRoom, stores: StoresDep, user: UserDep) -> RoomOu
     return RoomOut(id=room.id, name=room.name)
 
 
-@router.post("/api/chat/rooms/{room_id}/join")
-async def join_room(room_id: str, stores: StoresDep, user: UserDep) -> RoomOut:
+@router.post("/api/chat/rooms/{room_id}/join", responses=responses(404))
+async def join_room(room_id: KeyPath, stores: StoresDep, user: UserDep) -> RoomOut:
     """Become a member of a room by its id (the ``join`` frame does the same)."""
     room = await stores.chat.join(room_id, user.user_id)
     return RoomOut(id=room.id, name=room.name)
 
 
-@router.get("/api/chat/rooms/{room_id}/messages")
+@router.get("/api/chat/rooms/{room_id}/messages", responses=responses(404))
 async def room_messages(
-    room_id: str,
+    room_id: KeyPath,
     stores: StoresDep,
     user: UserDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: SeqQuery = 0,
     limit: Annotated[int, Query(ge=1, le=CATCH_UP_PAGE)] = 50,
 ) -> Messages:
     """A room's history after ``after``, oldest first (members only)."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from statelab.domain.errors import LimitExceeded, MalformedRequest, Unavailable
+from statelab.domain.errors import InvalidInput, LimitExceeded, MalformedRequest, Unavailable
 from statelab.state import Stores
 from statelab.state.files import (
     SNIFF_BYTES,
@@ -33,7 +33,8 @@ from statelab.state.files import (
     sniff_image,
 )
 from statelab.web.deps import StoresDep, UserDep
-from statelab.web.problems import problem
+from statelab.web.params import NUL, KeyPath, OptionalIdQuery
+from statelab.web.problems import problem, responses
 from statelab.web.shop import OrderHook
 
 if TYPE_CHECKING:
@@ -132,7 +133,10 @@ class _FilePart:
         """Read up to the ``file`` part; returns the filename the client gave."""
         while (event := await self._next()) is not None:
             if event[0] == "start":
-                return event[1].decode("utf-8", "replace")
+                filename = event[1].decode("utf-8", "replace")
+                if NUL in filename:  # refused like any other string, not cleaned
+                    raise InvalidInput("filename: must not contain a NUL character")
+                return filename
         raise MalformedRequest("send the upload as a multipart field named 'file'")
 
     async def data(self) -> AsyncIterator[bytes]:
@@ -182,9 +186,39 @@ def _file_out(info: FileInfo) -> dict[str, Any]:
     return info.public()
 
 
-@router.post("", status_code=201, response_model=FileOut)
+#: The body the upload route reads itself, as a stream (so FastAPI does not parse it).
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                    },
+                },
+                "encoding": {"file": {"contentType": "image/jpeg, image/png, image/webp"}},
+            }
+        },
+    }
+}
+
+#: What a download can be: an uploaded photo or its thumbnail, or a receipt.
+DOWNLOAD_TYPES = ("image/jpeg", "image/png", "image/webp", "text/plain")
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=FileOut,
+    responses=responses(400, 404, 409, 422),
+    openapi_extra=UPLOAD_BODY,
+)
 async def upload(
-    request: Request, stores: StoresDep, user: UserDep, order_id: int | None = None
+    request: Request, stores: StoresDep, user: UserDep, order_id: OptionalIdQuery = None
 ) -> Response:
     """Upload a photo (multipart field ``file``), optionally for one of your orders."""
     try:
@@ -227,8 +261,18 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.get("/{file_id}", response_class=StreamingResponse)
-async def download(file_id: str, stores: StoresDep, user: UserDep) -> StreamingResponse:
+@router.get(
+    "/{file_id}",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The file, as an attachment",
+            "content": dict.fromkeys(DOWNLOAD_TYPES, BINARY),
+        },
+        **responses(404),
+    },
+)
+async def download(file_id: KeyPath, stores: StoresDep, user: UserDep) -> StreamingResponse:
     """Your file's bytes, always as an attachment that browsers must not sniff."""
     info = await stores.files.get(user.user_id, file_id)
     chunks = await stores.files.read(info)
@@ -242,8 +286,8 @@ async def download(file_id: str, stores: StoresDep, user: UserDep) -> StreamingR
     return StreamingResponse(chunks, media_type=info.content_type, headers=headers)
 
 
-@router.delete("/{file_id}", status_code=204)
-async def delete(file_id: str, stores: StoresDep, user: UserDep) -> Response:
+@router.delete("/{file_id}", status_code=204, responses=responses(404, 409))
+async def delete(file_id: KeyPath, stores: StoresDep, user: UserDep) -> Response:
     """Delete your photo and its thumbnail (receipts stay with their order: 409)."""
     await stores.files.delete(user.user_id, file_id)
     return Response(status_code=204)

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -15,33 +15,55 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from statelab.web.deps import StoresDep
-from statelab.web.problems import problem
+from statelab.web.problems import RETRY_AFTER, problem
 
 router = APIRouter(tags=["ops"])
 
 
+class Health(BaseModel):
+    status: str
+    replica: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    draining: bool
+    stores: dict[str, bool] = Field(description="Whether each store answers")
+
+
 @router.get("/healthz")
-async def healthz(request: Request) -> dict[str, str]:
+async def healthz(request: Request) -> Health:
     """The process is alive (says nothing about its stores)."""
-    return {"status": "ok", "replica": request.app.state.settings.replica_id}
+    return Health(status="ok", replica=request.app.state.settings.replica_id)
 
 
-@router.get("/readyz")
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Not ready: a store does not answer, or the replica is draining",
+        "model": Readiness,
+        "headers": RETRY_AFTER,
+    }
+}
+
+
+@router.get("/readyz", response_model=Readiness, responses=NOT_READY)
 async def readyz(request: Request, stores: StoresDep) -> JSONResponse:
     """Ready to serve: every store answers and the replica is not shutting down."""
-    checks: dict[str, Any] = await stores.check_ready()
+    checks = await stores.check_ready()
     draining = bool(request.app.state.draining)
     ready = all(checks.values()) and not draining
     body = {"ready": ready, "draining": draining, "stores": checks}
     return JSONResponse(body, 200 if ready else 503, {"Retry-After": "1"} if not ready else None)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this replica (text exposition format)."""
     registry: CollectorRegistry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -70,11 +92,14 @@ class Metrics:
 
 
 JSON_ONLY_PREFIX = "/api/"
+#: The methods whose body a route reads; a body sent with any other is ignored.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class ReplicaMiddleware:
     """One pure-ASGI layer (cheaper than several): stamps ``X-Served-By``, counts
-    requests, refuses oversized bodies (413) and non-JSON API bodies (415).
+    requests, refuses oversized bodies (413) and non-JSON API bodies (415) of the
+    methods that carry one (``BODY_METHODS``; no route reads another's body).
 
     ``raw_prefixes`` are API paths that take other bodies with their own limit
     (uploads)."""
@@ -135,6 +160,8 @@ class ReplicaMiddleware:
         return self.max_body
 
     def _refuse(self, scope: Scope) -> Response | None:
+        if scope["method"] not in BODY_METHODS:
+            return None
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         limit = self._limit(scope["path"])

@@ -1,5 +1,6 @@
 """The one table from domain errors to HTTP status codes and WebSocket close codes,
-and the ``application/problem+json`` (RFC 9457) answers built from it."""
+the ``application/problem+json`` (RFC 9457) answers built from it, and how those
+answers are described in the OpenAPI document (``Problem``, ``responses``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.staticfiles import StaticFiles
 
 from statelab.domain import errors as e
 
@@ -49,6 +54,70 @@ def problem(
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# ------------------------------------------------------------ in the OpenAPI document
+
+
+class FieldProblem(BaseModel):
+    """One invalid part of a request."""
+
+    field: str = Field(description="Where: a body field, or a path or query parameter")
+    message: str
+
+
+class Problem(BaseModel):
+    """Every error answer (RFC 9457 problem details), as ``application/problem+json``."""
+
+    type: str = Field(description="Always about:blank: the status says what happened")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    errors: list[FieldProblem] = Field(
+        default_factory=list, description="On 422 for invalid input: each invalid field"
+    )
+
+
+#: What each error status means at this API, for the document.
+MEANINGS = {
+    400: "Malformed request: a body that is not JSON or multipart, or a missing header",
+    401: "Not authenticated: no valid session cookie or bearer token",
+    403: "Forbidden: a cookie-authenticated write without its X-CSRF-Token",
+    404: "Not found, or not yours",
+    409: "Conflict with the current state",
+    413: "The body is larger than this route's limit",
+    415: "Unsupported media type",
+    422: "Invalid input: the fields that are wrong are listed in errors",
+    429: "Too many attempts: try again after Retry-After seconds",
+    503: "A store this replica needs is unavailable: try again after Retry-After seconds",
+}
+
+#: ``Retry-After`` (seconds), sent with every 429 and 503.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
+PROBLEM_SCHEMA_REF = "#/components/schemas/Problem"
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route for the error statuses it can answer, each a
+    ``Problem`` as ``application/problem+json`` (with ``Retry-After`` where sent)."""
+    return {status: _problem_response(status) for status in statuses}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": MEANINGS[status],
+        "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
+    }
+    if status in (429, 503):
+        answer["headers"] = RETRY_AFTER
+    return answer
+
+
 async def _domain_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, e.StatelabError)
     status, _close = status_of(exc)
@@ -71,10 +140,35 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return problem(422, "Invalid input", detail, errors=problems)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
-    return problem(exc.status_code, title, str(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
+    title = TITLES.get(exc.status_code, "Error")
+    return problem(exc.status_code, title, str(exc.detail), headers)
+
+
+#: What a folder of static files serves (it has no route per method).
+STATIC_METHODS = frozenset({"GET", "HEAD"})
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own ``Allow`` names
+    only the first route that matched the path, and a path often has several."""
+    methods: set[str] = set()
+    # A mount that answered moved its prefix into root_path: match from the app's root.
+    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    scope = {**request.scope, "root_path": root}
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            static = isinstance(getattr(route, "app", None), StaticFiles)
+            methods |= STATIC_METHODS if static else route.methods or set()
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

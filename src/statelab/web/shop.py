@@ -24,6 +24,8 @@ from statelab.web.deps import (
     cart_ref,
     finish_cart,
 )
+from statelab.web.params import Count, Id, IdPath
+from statelab.web.problems import responses
 
 router = APIRouter(prefix="/api", tags=["shop"])
 
@@ -55,12 +57,12 @@ class CartOut(BaseModel):
 
 
 class AddItem(BaseModel):
-    item_id: int
-    quantity: int = Field(default=1)
+    item_id: Id
+    quantity: Count = Field(default=1)
 
 
 class SetQuantity(BaseModel):
-    quantity: int
+    quantity: Count
 
 
 class Amount(BaseModel):
@@ -147,9 +149,9 @@ async def add_item(
     return _cart_response(request, stores, caller, lines, ref)
 
 
-@router.patch("/cart/items/{item_id}", response_model=CartOut)
+@router.patch("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
 async def set_item(
-    item_id: int, body: SetQuantity, request: Request, stores: StoresDep, caller: CallerDep
+    item_id: IdPath, body: SetQuantity, request: Request, stores: StoresDep, caller: CallerDep
 ) -> Response:
     """Set a line's quantity (0 removes it)."""
     ref = cart_ref(request, caller)
@@ -157,9 +159,9 @@ async def set_item(
     return _cart_response(request, stores, caller, lines, ref)
 
 
-@router.delete("/cart/items/{item_id}", response_model=CartOut)
+@router.delete("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
 async def delete_item(
-    item_id: int, request: Request, stores: StoresDep, caller: CallerDep
+    item_id: IdPath, request: Request, stores: StoresDep, caller: CallerDep
 ) -> Response:
     ref = cart_ref(request, caller)
     lines = await stores.carts.set(ref, _known_item(item_id, in_path=True), 0)
@@ -190,14 +192,14 @@ async def top_up(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) 
     return _answer(await stores.ledger.top_up(user.user_id, amount, idem))
 
 
-@router.post("/account/withdraw", response_model=Balance)
+@router.post("/account/withdraw", response_model=Balance, responses=responses(409))
 async def withdraw(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) -> Response:
     """The ATM: 409 and no change when the balance is too low."""
     amount = positive_amount(body.amount_cents)
     return _answer(await stores.ledger.withdraw(user.user_id, amount, idem))
 
 
-@router.post("/checkout", status_code=201, response_model=CheckoutOut)
+@router.post("/checkout", status_code=201, response_model=CheckoutOut, responses=responses(409))
 async def checkout(
     request: Request, stores: StoresDep, caller: CallerDep, user: UserDep, idem: IdemDep
 ) -> Response:
@@ -227,6 +229,6 @@ async def orders(stores: StoresDep, user: UserDep) -> OrdersOut:
     return OrdersOut(orders=[OrderOut(**o) for o in found])
 
 
-@router.get("/orders/{order_id}")
-async def order(order_id: int, stores: StoresDep, user: UserDep) -> OrderOut:
+@router.get("/orders/{order_id}", responses=responses(404))
+async def order(order_id: IdPath, stores: StoresDep, user: UserDep) -> OrderOut:
     return OrderOut(**await stores.ledger.order(user.user_id, order_id))
