@@ -9,10 +9,10 @@ from __future__ import annotations
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from statelab.keyring import secret_problem
 
@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STATELAB_", extra="ignore", frozen=True)
 
     profile: Profile = Profile.stateless
-    place: dict[str, str] = Field(default_factory=dict)
+    # STATELAB_PLACE as the CLI reads it: space-separated KIND=PLACEMENT, not JSON.
+    place: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     replica_id: str = "r1"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -193,6 +194,13 @@ class Settings(BaseSettings):
             problem = secret_problem(key)
             if problem is not None:
                 raise ValueError(f"jwt key {kid!r} {problem}")
+        return value
+
+    @field_validator("place", mode="before")
+    @classmethod
+    def _split_place(cls, value: Any) -> Any:
+        if isinstance(value, str):  # STATELAB_PLACE="cart=client session=jwt"
+            return parse_place(value.split())
         return value
 
     @field_validator("redis_url")
