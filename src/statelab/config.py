@@ -150,7 +150,10 @@ class Settings(BaseSettings):
     max_line_quantity: int = 50
     max_client_cart_bytes: int = 3000
     max_message_chars: int = 2000
-    idempotency_ttl_seconds: int = 24 * 3600
+    # How long a money move's Idempotency-Key is remembered (then swept); the memory
+    # ledger also forgets the oldest keys beyond its bound.
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    max_memory_idempotency_keys: int = Field(default=100_000, ge=1)
     # Bounds of what a replica keeps in memory (placements memory), so a flood of
     # visitors or logins cannot grow it without limit; what gives way first is
     # documented in state/cart.py, state/session.py and state/ratelimit.py.

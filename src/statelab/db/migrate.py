@@ -38,11 +38,11 @@ def _ensure_sqlite_folder(database_url: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def upgrade(database_url: str) -> str:
-    """Bring the schema to the newest revision; returns it."""
+def upgrade(database_url: str, revision: str = "head") -> str:
+    """Bring the schema to ``revision`` (the newest by default); returns it."""
     _ensure_sqlite_folder(database_url)
-    command.upgrade(_config(database_url), "head")
-    return head_revision()
+    command.upgrade(_config(database_url), revision)
+    return head_revision() if revision == "head" else revision
 
 
 async def current_revision(database_url: str) -> str | None:

@@ -83,16 +83,20 @@ class Order(Base):
 
 
 class IdempotencyKey(Base):
-    """One money-moving request per (user, key): its fingerprint and recorded answer."""
+    """One money-moving request per (user, key): its fingerprint and what it did.
+
+    Written in the transaction of the request's effect, so it exists exactly when
+    the effect does. Kept ``idempotency_ttl_seconds``, then swept (oldest first, by
+    ``created_at``)."""
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(10))  # in_flight | done
-    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    started_at: Mapped[float] = mapped_column(BigInteger)  # unix ms, for stale takeover
+    outcome: Mapped[str] = mapped_column(String(10))  # applied | created | refused
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)  # the answer, or the refusal's error
+    created_at: Mapped[int] = mapped_column(BigInteger)  # unix ms
 
 
 class ChatRoom(Base):

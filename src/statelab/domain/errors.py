@@ -10,8 +10,7 @@
      ├── Conflict              the current state forbids it (409)
      │    ├── InsufficientFunds
      │    ├── AlreadyExists
-     │    ├── EmptyCart
-     │    └── RequestInFlight  the same Idempotency-Key is being processed
+     │    └── EmptyCart
      ├── IdempotencyMismatch   the same Idempotency-Key with another body (422)
      ├── RateLimited           too many attempts; carries retry_after (429)
      └── Unavailable           a store is down; carries retry_after (503)
@@ -70,10 +69,6 @@ class AlreadyExists(Conflict):
 
 class EmptyCart(Conflict):
     title = "Empty cart"
-
-
-class RequestInFlight(Conflict):
-    title = "Request in flight"
 
 
 class IdempotencyMismatch(StatelabError):

@@ -79,8 +79,13 @@ def price(lines: CartLines, menu: Menu) -> PricedCart:
     return PricedCart(priced, sum(line.quantity * line.price_cents for line in priced))
 
 
-def positive_amount(amount_cents: int, *, limit: int = 10_000_000) -> int:
-    """Money moved by one request: positive integer cents, below a sanity limit."""
-    if not 0 < amount_cents <= limit:
-        raise InvalidInput(f"amount_cents must be between 1 and {limit}")
+#: The most one request may move: 100 000.00, far beyond any pizza order, and small
+#: enough that no plausible number of top-ups overflows a 64-bit balance column.
+MAX_AMOUNT_CENTS = 10_000_000
+
+
+def positive_amount(amount_cents: int, *, limit: int = MAX_AMOUNT_CENTS) -> int:
+    """Money moved by one request: positive integer cents, at most ``limit``."""
+    if isinstance(amount_cents, bool) or not 0 < amount_cents <= limit:
+        raise InvalidInput(f"amount_cents must be an integer between 1 and {limit}")
     return amount_cents

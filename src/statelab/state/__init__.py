@@ -182,8 +182,11 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib, parallelism=1
     )
     db_sessions = sessionmaker(engine)
+    ttl = settings.idempotency_ttl_seconds
     ledger: Ledger = (
-        MemoryLedger() if settings.placement("ledger") == "memory" else SqlLedger(db_sessions)
+        MemoryLedger(ttl, settings.max_memory_idempotency_keys)
+        if settings.placement("ledger") == "memory"
+        else SqlLedger(db_sessions, ttl)
     )
     jobs = open_jobs(settings)
     try:

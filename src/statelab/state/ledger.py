@@ -6,37 +6,71 @@
   balance >= amount`` plus a ledger row in one transaction, so concurrent
   withdrawals through any replicas never take a balance below zero.
 
-Every money-moving call carries an ``Idempotency`` (key + request fingerprint).
-The first answer for a key is recorded with the change it made — in the same
-transaction for ``db`` — and replayed for a retry with the same body.
+Every money-moving call carries an ``Idempotency`` (key + request fingerprint) and
+returns an ``Outcome`` saying what happened: the money moved (``applied``), an
+order was paid (``created``) or nothing changed (``refused``, with the domain error
+that says why) — and whether it is the replay of an earlier request's outcome.
+Refusals are recorded too, so a retry gets the same refusal even if money arrived
+in between. The ledger knows nothing of HTTP; the web layer turns outcomes into
+answers.
+
+How each placement keeps one outcome per key:
+
+- ``db`` inserts the key row in the transaction of the effect, first, and fills in
+  the outcome before the commit. A crash — of the replica, or of its connection —
+  rolls both back, so no row can outlive the request that wrote it and a retry is
+  answered as soon as the database notices. A concurrent duplicate waits on the
+  key's primary key (PostgreSQL) or on the write lock (SQLite) until the first
+  commits, then fails to insert and replays the recorded outcome. The effect runs
+  in a savepoint, so a refusal undoes whatever it wrote and the key still records
+  the refusal, in the same transaction.
+- ``memory`` runs each call without awaiting: the event loop makes it atomic.
+
+Keys are remembered for ``idempotency_ttl_seconds``: ``sweep`` forgets older ones
+in bounded batches, and ``sweeping`` runs it in the background of an app. The
+memory ledger also keeps at most ``max_keys``, forgetting the oldest first, so a
+flood of keys cannot grow a replica without limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from statelab.db import models
 from statelab.domain.errors import (
+    Conflict,
     IdempotencyMismatch,
     InsufficientFunds,
     NotFound,
-    RequestInFlight,
-    StatelabError,
+    Unavailable,
 )
-from statelab.domain.shop import PricedCart
+from statelab.domain.shop import PricedCart, positive_amount
 from statelab.state.errors import store_guard
 
-#: An in-flight key older than this is taken over: its replica died mid-request,
-#: and because the change and the "done" mark commit together, nothing was applied.
-STALE_IN_FLIGHT_MS = 30_000
+log = logging.getLogger(__name__)
+
+#: At most this many keys are forgotten per ``sweep`` call: one short transaction,
+#: so a backlog never holds the write lock (SQLite) or many row locks for long.
+SWEEP_BATCH = 1000
+
+#: A duplicate that found the key taken reads the record; if that record was swept
+#: in between, the key is new again and the request is tried once more.
+_ATTEMPTS = 3
+
+#: What a money-moving request did (see ``Outcome``).
+Kind = Literal["applied", "created", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +81,47 @@ class Idempotency:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A recorded answer to a money-moving request."""
+    """What a money-moving request did.
 
-    status: int
-    body: dict[str, Any]
+    ``applied``: the money moved; ``body`` holds the new balance. ``created``: an
+    order was paid; ``body`` holds it and the new balance. ``refused``: nothing
+    changed; ``refusal`` is the domain error saying why. ``replayed``: this is the
+    recorded outcome of an earlier request with the same key; nothing was done now.
+    """
+
+    kind: Kind
+    body: dict[str, Any] = field(default_factory=dict)
+    refusal: Conflict | None = None
     replayed: bool = False
 
 
-def error_outcome(status: int, exc: StatelabError) -> Outcome:
-    return Outcome(status, {"error": type(exc).__name__, "title": exc.title, "detail": exc.detail})
+#: The refusals a ledger records, by the name stored with the key.
+_REFUSALS: dict[str, type[Conflict]] = {InsufficientFunds.__name__: InsufficientFunds}
+
+
+def _applied(balance: int) -> Outcome:
+    return Outcome("applied", {"balance_cents": balance})
+
+
+def _refused(exc: Conflict) -> Outcome:
+    return Outcome("refused", refusal=exc)
+
+
+def _stored_body(outcome: Outcome) -> dict[str, Any]:
+    """What a key row keeps: the answer's body, or the refusal's error and detail."""
+    if outcome.refusal is None:
+        return outcome.body
+    exc = outcome.refusal
+    return {"error": type(exc).__name__, "title": exc.title, "detail": exc.detail}
+
+
+def _from_stored(kind: str, body: dict[str, Any]) -> Outcome:
+    """The replay of a key row's outcome."""
+    if kind == "refused":
+        error = _REFUSALS.get(str(body.get("error")), Conflict)(str(body.get("detail", "")))
+        return Outcome("refused", refusal=error, replayed=True)
+    done: Kind = "created" if kind == "created" else "applied"
+    return Outcome(done, dict(body), replayed=True)
 
 
 class Ledger(Protocol):
@@ -70,7 +136,12 @@ class Ledger(Protocol):
     async def checkout(self, user_id: int, cart: PricedCart, idem: Idempotency) -> Outcome: ...
 
     async def replay(self, user_id: int, idem: Idempotency) -> Outcome | None:
-        """The recorded answer for this key, or None if the key is unused."""
+        """The recorded outcome for this key, or None if the key is unused."""
+        ...
+
+    async def sweep(self, now_ms: int, batch: int = SWEEP_BATCH) -> int:
+        """Forget at most ``batch`` keys recorded longer than the TTL before
+        ``now_ms`` (unix ms), oldest first; returns how many were forgotten."""
         ...
 
     async def orders(self, user_id: int) -> list[dict[str, Any]]: ...
@@ -115,6 +186,43 @@ def _insufficient(balance: int, amount: int) -> InsufficientFunds:
     return InsufficientFunds(f"balance is {balance} cents, {amount} cents were asked")
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ------------------------------------------------------------------------ sweeping
+
+
+def sweep_interval(ttl_seconds: float) -> float:
+    """Seconds between sweeps: a tenth of the TTL, between 1 s and a minute, so a
+    key is forgotten at most a minute after it expires."""
+    return min(60.0, max(1.0, ttl_seconds / 10))
+
+
+@contextlib.asynccontextmanager
+async def sweeping(ledger: Ledger, ttl_seconds: float) -> AsyncIterator[None]:
+    """Forget expired idempotency keys in the background while the block runs."""
+    task = asyncio.create_task(_sweep_forever(ledger, sweep_interval(ttl_seconds)))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweep_forever(ledger: Ledger, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            swept = SWEEP_BATCH
+            while swept >= SWEEP_BATCH:  # a backlog: batch after batch, each one short
+                swept = await ledger.sweep(_now_ms())
+        except Exception:
+            # A store that is down now may be back at the next round; keys only wait.
+            log.warning("sweeping idempotency keys failed; trying again later", exc_info=True)
+
+
 # ---------------------------------------------------------------------------- memory
 
 
@@ -124,16 +232,27 @@ class _MemoryAccount:
     orders: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    fingerprint: str
+    outcome: Outcome
+    at_ms: int
+
+
 class MemoryLedger:
     """Balances in this replica's memory. Each operation runs without awaiting,
     so the event loop makes it atomic within the replica — and only there."""
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, key_ttl_seconds: float, max_keys: int) -> None:
         self._accounts: dict[int, _MemoryAccount] = {}
         self._orders: dict[int, tuple[int, dict[str, Any]]] = {}
-        self._keys: dict[tuple[int, str], tuple[str, Outcome]] = {}
+        # Oldest first: keys are only ever appended, so expiry and the bound both
+        # forget from the front.
+        self._keys: OrderedDict[tuple[int, str], _Remembered] = OrderedDict()
+        self._ttl_ms = int(key_ttl_seconds * 1000)
+        self._max_keys = max_keys
         self._next_order = 1
 
     def _account(self, user_id: int) -> _MemoryAccount:
@@ -143,43 +262,66 @@ class MemoryLedger:
         return self._account(user_id).balance
 
     async def replay(self, user_id: int, idem: Idempotency) -> Outcome | None:
+        return self._recall(user_id, idem)
+
+    async def sweep(self, now_ms: int, batch: int = SWEEP_BATCH) -> int:
+        return self._forget(now_ms, batch)
+
+    def _recall(self, user_id: int, idem: Idempotency) -> Outcome | None:
         seen = self._keys.get((user_id, idem.key))
         if seen is None:
             return None
-        fingerprint, outcome = seen
-        if fingerprint != idem.fingerprint:
+        if seen.fingerprint != idem.fingerprint:
             raise _mismatch()
-        return Outcome(outcome.status, outcome.body, replayed=True)
+        return replace(seen.outcome, replayed=True)
+
+    def _forget(self, now_ms: int, batch: int | None = None) -> int:
+        """Forget keys older than the TTL, oldest first (all of them without a batch)."""
+        cutoff, forgotten = now_ms - self._ttl_ms, 0
+        while self._keys and (batch is None or forgotten < batch):
+            if next(iter(self._keys.values())).at_ms >= cutoff:
+                break
+            self._keys.popitem(last=False)
+            forgotten += 1
+        return forgotten
+
+    def _remember(self, user_id: int, idem: Idempotency, outcome: Outcome) -> None:
+        self._keys[(user_id, idem.key)] = _Remembered(idem.fingerprint, outcome, _now_ms())
+        while len(self._keys) > self._max_keys:
+            # The bound wins over the TTL: under a flood, the oldest keys go first.
+            self._keys.popitem(last=False)
 
     def _once(self, user_id: int, idem: Idempotency, op: Callable[[], Outcome]) -> Outcome:
-        seen = self._keys.get((user_id, idem.key))
-        if seen is not None:
-            fingerprint, outcome = seen
-            if fingerprint != idem.fingerprint:
-                raise _mismatch()
-            return Outcome(outcome.status, outcome.body, replayed=True)
+        self._forget(_now_ms())
+        recalled = self._recall(user_id, idem)
+        if recalled is not None:
+            return recalled
         try:
             outcome = op()
         except InsufficientFunds as exc:
-            outcome = error_outcome(409, exc)
-        self._keys[(user_id, idem.key)] = (idem.fingerprint, outcome)
+            outcome = _refused(exc)
+        self._remember(user_id, idem, outcome)
         return outcome
 
     async def top_up(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        positive_amount(amount)
+
         def op() -> Outcome:
             account = self._account(user_id)
             account.balance += amount
-            return Outcome(200, {"balance_cents": account.balance})
+            return _applied(account.balance)
 
         return self._once(user_id, idem, op)
 
     async def withdraw(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        positive_amount(amount)
+
         def op() -> Outcome:
             account = self._account(user_id)
             if account.balance < amount:
                 raise _insufficient(account.balance, amount)
             account.balance -= amount
-            return Outcome(200, {"balance_cents": account.balance})
+            return _applied(account.balance)
 
         return self._once(user_id, idem, op)
 
@@ -193,7 +335,7 @@ class MemoryLedger:
             order = _order_body(order_id, _items(cart), cart.total_cents, datetime.now(UTC), None)
             self._orders[order_id] = (user_id, order)
             account.orders.append(order)
-            return Outcome(201, {**order, "balance_cents": account.balance})
+            return Outcome("created", {**order, "balance_cents": account.balance})
 
         return self._once(user_id, idem, op)
 
@@ -216,11 +358,13 @@ class MemoryLedger:
 
 # -------------------------------------------------------------------------------- db
 
+#: A money move inside the ledger's transaction; raising ``InsufficientFunds``
+#: refuses it (whatever it wrote is rolled back with its savepoint).
 Change = Callable[[AsyncSession], Awaitable[Outcome]]
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+class _KeyTaken(Exception):
+    """Another request recorded this key first (or is recording it right now)."""
 
 
 class SqlLedger:
@@ -228,8 +372,9 @@ class SqlLedger:
 
     name = "db"
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], key_ttl_seconds: float) -> None:
         self._sessions = sessions
+        self._ttl_ms = int(key_ttl_seconds * 1000)
 
     async def balance(self, user_id: int) -> int:
         with store_guard("database"):
@@ -240,24 +385,28 @@ class SqlLedger:
         return int(value or 0)
 
     async def top_up(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        positive_amount(amount)
+
         async def change(db: AsyncSession) -> Outcome:
-            balance = await self._credit(db, user_id, amount)
+            balance = await _credit(db, user_id, amount)
             db.add(models.LedgerEntry(user_id=user_id, kind="top_up", amount_cents=amount))
-            return Outcome(200, {"balance_cents": balance})
+            return _applied(balance)
 
         return await self._once(user_id, idem, change)
 
     async def withdraw(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        positive_amount(amount)
+
         async def change(db: AsyncSession) -> Outcome:
-            balance = await self._debit(db, user_id, amount)
+            balance = await _debit(db, user_id, amount)
             db.add(models.LedgerEntry(user_id=user_id, kind="withdraw", amount_cents=-amount))
-            return Outcome(200, {"balance_cents": balance})
+            return _applied(balance)
 
         return await self._once(user_id, idem, change)
 
     async def checkout(self, user_id: int, cart: PricedCart, idem: Idempotency) -> Outcome:
         async def change(db: AsyncSession) -> Outcome:
-            balance = await self._debit(db, user_id, cart.total_cents)
+            balance = await _debit(db, user_id, cart.total_cents)
             order = models.Order(
                 user_id=user_id,
                 status="paid",
@@ -272,7 +421,7 @@ class SqlLedger:
                     user_id=user_id, kind="order", amount_cents=-cart.total_cents, order_id=order.id
                 )
             )
-            return Outcome(201, {**_order_row(order), "balance_cents": balance})
+            return Outcome("created", {**_order_row(order), "balance_cents": balance})
 
         return await self._once(user_id, idem, change)
 
@@ -304,67 +453,7 @@ class SqlLedger:
                 )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    # -- money moves --------------------------------------------------------------
-
-    async def _credit(self, db: AsyncSession, user_id: int, amount: int) -> int:
-        account = models.Account
-        result = await db.execute(
-            update(account)
-            .where(account.user_id == user_id)
-            .values(balance_cents=account.balance_cents + amount)
-            .returning(account.balance_cents)
-        )
-        balance = result.scalar()
-        if balance is None:
-            db.add(models.Account(user_id=user_id, balance_cents=amount))
-            await db.flush()
-            balance = amount
-        return int(balance)
-
-    async def _debit(self, db: AsyncSession, user_id: int, amount: int) -> int:
-        account = models.Account
-        result = await db.execute(
-            update(account)
-            .where(account.user_id == user_id, account.balance_cents >= amount)
-            .values(balance_cents=account.balance_cents - amount)
-            .returning(account.balance_cents)
-        )
-        balance = result.scalar()
-        if balance is None:
-            current = await db.scalar(
-                select(account.balance_cents).where(account.user_id == user_id)
-            )
-            raise _insufficient(int(current or 0), amount)
-        return int(balance)
-
     # -- idempotency ----------------------------------------------------------------
-
-    async def _once(self, user_id: int, idem: Idempotency, change: Change) -> Outcome:
-        """Claim the key, apply the change and record its answer atomically."""
-        with store_guard("database"):
-            claim = await self._claim(user_id, idem)
-            if isinstance(claim, Outcome):
-                return claim
-            try:
-                return await self._apply(user_id, idem, change, claim)
-            except InsufficientFunds as exc:
-                return await self._record_refusal(user_id, idem, error_outcome(409, exc), claim)
-            except BaseException:
-                await self._release(user_id, idem, claim)
-                raise
-
-    async def _release(self, user_id: int, idem: Idempotency, stamp: int) -> None:
-        """Give a claim back after a failure that applied nothing, so a retry runs."""
-        key = models.IdempotencyKey
-        try:
-            async with self._sessions() as db, db.begin():
-                await db.execute(
-                    delete(key).where(
-                        key.user_id == user_id, key.key == idem.key, key.started_at == stamp
-                    )
-                )
-        except Exception:
-            return
 
     async def replay(self, user_id: int, idem: Idempotency) -> Outcome | None:
         with store_guard("database"):
@@ -374,73 +463,111 @@ class SqlLedger:
             return None
         if row.fingerprint != idem.fingerprint:
             raise _mismatch()
-        if row.state != "done":
-            raise RequestInFlight("a request with this Idempotency-Key is still in flight")
-        return Outcome(int(row.status_code or 200), dict(row.body or {}), replayed=True)
+        return _from_stored(row.outcome, row.body)
 
-    async def _claim(self, user_id: int, idem: Idempotency) -> Outcome | int:
-        """Insert the key as in flight and return the claim's stamp; if the key
-        exists, return the answer to give instead."""
+    async def sweep(self, now_ms: int, batch: int = SWEEP_BATCH) -> int:
         key = models.IdempotencyKey
-        stamp = _now_ms()
-        try:
-            async with self._sessions() as db, db.begin():
-                db.add(
-                    key(
-                        user_id=user_id,
-                        key=idem.key,
-                        fingerprint=idem.fingerprint,
-                        state="in_flight",
-                        started_at=stamp,
-                    )
-                )
-            return stamp
-        except IntegrityError:
-            pass
-        async with self._sessions() as db, db.begin():
-            row = await db.get(key, (user_id, idem.key))
-            if row is None:  # expired between our insert and read: try once more
-                raise RequestInFlight("this Idempotency-Key is being processed; retry")
-            if row.fingerprint != idem.fingerprint:
-                raise _mismatch()
-            if row.state == "done":
-                return Outcome(int(row.status_code or 200), dict(row.body or {}), replayed=True)
-            if _now_ms() - row.started_at < STALE_IN_FLIGHT_MS:
-                raise RequestInFlight("a request with this Idempotency-Key is still in flight")
-            row.started_at = stamp  # take over the claim of a replica that died
-        return stamp
-
-    async def _apply(self, user_id: int, idem: Idempotency, change: Change, stamp: int) -> Outcome:
-        async with self._sessions() as db, db.begin():
-            outcome = await change(db)
-            await self._finish(db, user_id, idem, outcome, stamp)
-        return outcome
-
-    async def _record_refusal(
-        self, user_id: int, idem: Idempotency, outcome: Outcome, stamp: int
-    ) -> Outcome:
-        async with self._sessions() as db, db.begin():
-            await self._finish(db, user_id, idem, outcome, stamp)
-        return outcome
-
-    async def _finish(
-        self, db: AsyncSession, user_id: int, idem: Idempotency, outcome: Outcome, stamp: int
-    ) -> None:
-        """Mark the key done in the change's own transaction. If another replica
-        took the claim over meanwhile, raising here rolls our change back."""
-        key = models.IdempotencyKey
-        result = await db.execute(
-            update(key)
-            .where(
-                key.user_id == user_id,
-                key.key == idem.key,
-                key.state == "in_flight",
-                key.started_at == stamp,
-            )
-            .values(state="done", status_code=outcome.status, body=outcome.body)
+        oldest = (
+            select(key.user_id, key.key)
+            .where(key.created_at < now_ms - self._ttl_ms)
+            .order_by(key.created_at)
+            .limit(batch)
         )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            raise RequestInFlight("another request took this Idempotency-Key over; retry")
+        statement = delete(key).where(tuple_(key.user_id, key.key).in_(oldest))
+        with store_guard("database"):
+            async with self._sessions() as db, db.begin():
+                result = await db.execute(
+                    statement, execution_options={"synchronize_session": False}
+                )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _once(self, user_id: int, idem: Idempotency, change: Change) -> Outcome:
+        """Apply the change and record the key in one transaction, or replay the
+        key's recorded outcome."""
+        with store_guard("database"):
+            for _ in range(_ATTEMPTS):
+                with contextlib.suppress(_KeyTaken):
+                    return await self._apply(user_id, idem, change)
+                recorded = await self.replay(user_id, idem)
+                if recorded is not None:
+                    return recorded
+        raise Unavailable("this Idempotency-Key was recorded and forgotten meanwhile; retry")
+
+    async def _apply(self, user_id: int, idem: Idempotency, change: Change) -> Outcome:
+        async with self._sessions() as db, db.begin():
+            record = models.IdempotencyKey(
+                user_id=user_id,
+                key=idem.key,
+                fingerprint=idem.fingerprint,
+                outcome="refused",  # filled in below, before anyone can see the row
+                body={},
+                created_at=_now_ms(),
+            )
+            db.add(record)
+            try:
+                # First, so a concurrent duplicate waits here instead of moving money.
+                await db.flush()
+            except IntegrityError as exc:
+                raise _KeyTaken from exc
+            outcome = await _refusable(db, change)
+            record.outcome, record.body = outcome.kind, _stored_body(outcome)
+        return outcome
+
+
+async def _refusable(db: AsyncSession, change: Change) -> Outcome:
+    """Run the change in a savepoint; a refusal rolls back what it wrote."""
+    try:
+        async with db.begin_nested():
+            return await change(db)
+    except InsufficientFunds as exc:
+        return _refused(exc)
+
+
+# -- money moves ------------------------------------------------------------------
+
+
+async def _credit(db: AsyncSession, user_id: int, amount: int) -> int:
+    balance = await _add_to_balance(db, user_id, amount)
+    if balance is not None:
+        return balance
+    try:
+        async with db.begin_nested():
+            db.add(models.Account(user_id=user_id, balance_cents=amount))
+            await db.flush()
+        return amount
+    except IntegrityError:
+        # Another first top-up opened the account meanwhile (it committed: the
+        # insert waited for it); add to the balance it made.
+        balance = await _add_to_balance(db, user_id, amount)
+        assert balance is not None
+        return balance
+
+
+async def _add_to_balance(db: AsyncSession, user_id: int, amount: int) -> int | None:
+    account = models.Account
+    result = await db.execute(
+        update(account)
+        .where(account.user_id == user_id)
+        .values(balance_cents=account.balance_cents + amount)
+        .returning(account.balance_cents)
+    )
+    balance = result.scalar()
+    return None if balance is None else int(balance)
+
+
+async def _debit(db: AsyncSession, user_id: int, amount: int) -> int:
+    account = models.Account
+    result = await db.execute(
+        update(account)
+        .where(account.user_id == user_id, account.balance_cents >= amount)
+        .values(balance_cents=account.balance_cents - amount)
+        .returning(account.balance_cents)
+    )
+    balance = result.scalar()
+    if balance is None:
+        current = await db.scalar(select(account.balance_cents).where(account.user_id == user_id))
+        raise _insufficient(int(current or 0), amount)
+    return int(balance)
 
 
 def _order_row(order: models.Order) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from statelab.config import Settings
 from statelab.state import open_stores
+from statelab.state.ledger import sweeping
 from statelab.web import auth, chat, files, openapi, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 from statelab.worker import perform_job
@@ -25,7 +26,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.stores = stores
             stores.jobs.attach(partial(perform_job, stores))  # where jobs=inprocess runs them
             app.state.draining = False
-            async with chat.running(app, stores):  # sockets' hub, subscriber, heartbeat
+            sweeper = sweeping(stores.ledger, settings.idempotency_ttl_seconds)  # expired keys
+            async with chat.running(app, stores), sweeper:  # sockets' hub, subscriber, heartbeat
                 yield
 
     app = FastAPI(

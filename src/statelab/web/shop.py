@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from statelab.domain.errors import EmptyCart, InvalidInput, NotFound
-from statelab.domain.shop import CartLines, load_menu, positive_amount, price
+from statelab.domain.shop import MAX_AMOUNT_CENTS, CartLines, load_menu, price
 from statelab.state.cart import CartRef
 from statelab.state.ledger import Outcome
 from statelab.web.deps import (
@@ -25,7 +25,7 @@ from statelab.web.deps import (
     finish_cart,
 )
 from statelab.web.params import Count, Id, IdPath
-from statelab.web.problems import responses
+from statelab.web.problems import problem, responses, status_of
 
 router = APIRouter(prefix="/api", tags=["shop"])
 
@@ -56,17 +56,26 @@ class CartOut(BaseModel):
     total_cents: int
 
 
-class AddItem(BaseModel):
+class StrictBody(BaseModel):
+    """A request body whose numbers must be JSON integers: ``true`` is not 1,
+    ``"5"`` is not 5 and ``1000.0`` is not 1000 (each is a 422)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class AddItem(StrictBody):
     item_id: Id
     quantity: Count = Field(default=1)
 
 
-class SetQuantity(BaseModel):
+class SetQuantity(StrictBody):
     quantity: Count
 
 
-class Amount(BaseModel):
-    amount_cents: int
+class Amount(StrictBody):
+    amount_cents: int = Field(
+        gt=0, le=MAX_AMOUNT_CENTS, description="Integer cents, at most one request's maximum"
+    )
 
 
 class Balance(BaseModel):
@@ -173,30 +182,25 @@ async def account(stores: StoresDep, user: UserDep) -> Balance:
     return Balance(balance_cents=await stores.ledger.balance(user.user_id))
 
 
-def _answer(outcome: Outcome) -> JSONResponse:
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    if outcome.status >= 400:
-        body = {
-            "type": "about:blank",
-            "title": outcome.body.get("title", "Error"),
-            "status": outcome.status,
-            "detail": outcome.body.get("detail", ""),
-        }
-        return JSONResponse(body, outcome.status, headers, media_type="application/problem+json")
-    return JSONResponse(outcome.body, outcome.status, headers)
+def _answer(outcome: Outcome) -> Response:
+    """What the ledger did, as HTTP: 200 applied, 201 created, a refusal as its
+    problem (409); a replay says so in ``Idempotent-Replayed``."""
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    if outcome.refusal is not None:
+        status, _close = status_of(outcome.refusal)
+        return problem(status, outcome.refusal.title, outcome.refusal.detail, headers)
+    return JSONResponse(outcome.body, 201 if outcome.kind == "created" else 200, headers)
 
 
 @router.post("/account/top-up", response_model=Balance)
 async def top_up(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) -> Response:
-    amount = positive_amount(body.amount_cents)
-    return _answer(await stores.ledger.top_up(user.user_id, amount, idem))
+    return _answer(await stores.ledger.top_up(user.user_id, body.amount_cents, idem))
 
 
 @router.post("/account/withdraw", response_model=Balance, responses=responses(409))
 async def withdraw(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep) -> Response:
     """The ATM: 409 and no change when the balance is too low."""
-    amount = positive_amount(body.amount_cents)
-    return _answer(await stores.ledger.withdraw(user.user_id, amount, idem))
+    return _answer(await stores.ledger.withdraw(user.user_id, body.amount_cents, idem))
 
 
 @router.post("/checkout", status_code=201, response_model=CheckoutOut, responses=responses(409))
@@ -214,7 +218,7 @@ async def checkout(
         return _answer(replay)
     outcome = await stores.ledger.checkout(user.user_id, priced, idem)
     response = _answer(outcome)
-    if outcome.status == 201 and not outcome.replayed:
+    if outcome.kind == "created" and not outcome.replayed:
         await stores.carts.clear(ref)
         finish_cart(request, response, stores, caller, ref)
         hooks: list[OrderHook] = getattr(request.app.state, "on_order", [])
