@@ -19,7 +19,7 @@ from statelab.db.migrate import upgrade
 PASSWORD = "correct horse battery"
 
 #: Settings every test process gets, whatever its secret: cheap password hashing,
-#: no drain pause, a short graceful stop, and login limits no test reaches.
+#: no drain pause, a short graceful stop, and login and registration limits no test reaches.
 PROCESS_ENV = {
     "STATELAB_ARGON2_TIME_COST": "1",
     "STATELAB_ARGON2_MEMORY_KIB": "1024",
@@ -27,6 +27,7 @@ PROCESS_ENV = {
     "STATELAB_GRACEFUL_TIMEOUT_SECONDS": "5",
     "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
     "STATELAB_LOGIN_LIMIT_PER_ACCOUNT": "100000",
+    "STATELAB_REGISTER_LIMIT_PER_ADDRESS": "100000",
 }
 
 _names = itertools.count(1)

@@ -6,6 +6,7 @@ never at import time. Every field also reads from ``STATELAB_<NAME>``.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -121,6 +122,13 @@ class Settings(BaseSettings):
     replica_id: str = "r1"
     host: str = "127.0.0.1"
     port: int = 8000
+    # The load balancers allowed to name the client in X-Forwarded-For/-Proto:
+    # addresses or networks, comma-separated in STATELAB_TRUSTED_PROXIES. The
+    # per-address rate limits count that client address, so any other peer must
+    # not be able to choose its own.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
     redis_url: str | None = None
     database_url: str = "sqlite:///statelab.db"
     data_dir: Path = Path("data")
@@ -143,6 +151,10 @@ class Settings(BaseSettings):
     login_limit_per_account: int = 10
     login_limit_per_address: int = 30
     login_window_seconds: int = 60
+    # Each registration costs a password hash (argon2: memory and CPU), so a client
+    # address gets a few per window, on every replica together (ratelimit=redis).
+    register_limit_per_address: int = Field(default=20, ge=1)
+    register_window_seconds: int = Field(default=3600, ge=1)
 
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 10 * 1024 * 1024
@@ -175,6 +187,11 @@ class Settings(BaseSettings):
     chat_frames_per_second: float = 10.0
     chat_frame_burst: int = 30
     chat_send_queue_frames: int = 500
+    # Sockets one user may hold on one replica; the next is closed with 1008.
+    chat_sockets_per_user: int = Field(default=10, ge=1)
+    # How often a socket re-checks that its session or token was not revoked
+    # (besides closing at its expiry time): at least every minute.
+    chat_session_check_seconds: float = Field(default=30.0, gt=0, le=60)
     # Jobs: a queued job whose heartbeat is silent this long is redelivered; one
     # running longer than the timeout is cancelled and retried. The hold makes
     # each job pause half-way (lab and tests use it to kill a process mid-job).
@@ -205,6 +222,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):  # STATELAB_PLACE="cart=client session=jwt"
             return parse_place(value.split())
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):  # STATELAB_TRUSTED_PROXIES=10.0.0.5,10.1.0.0/16
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        # uvicorn would take a malformed entry for a literal and silently trust nothing.
+        try:
+            return [
+                str(ipaddress.ip_network(v) if "/" in v else ipaddress.ip_address(v)) for v in value
+            ]
+        except ValueError as exc:
+            hint = "give addresses or networks such as 10.0.0.0/8"
+            raise ValueError(f"{exc} ({hint})") from None
 
     @field_validator("redis_url")
     @classmethod
@@ -239,6 +275,15 @@ class Settings(BaseSettings):
     @property
     def async_database_url(self) -> str:
         return database_url_async(self.database_url)
+
+    @property
+    def chat_max_frame_bytes(self) -> int:
+        """The largest WebSocket frame a client may send: a ``send`` with the longest
+        text, every character JSON-escaped (``\\uXXXX``, 6 bytes), or a ``resume`` of
+        every room (an id of up to 32 characters and a sequence number, 64 bytes), plus
+        1 KiB for the rest of the frame."""
+        longest = max(self.max_message_chars * 6, self.chat_rooms_per_user * 64)
+        return longest + 1024
 
     @property
     def development_secret(self) -> bool:

@@ -276,6 +276,15 @@ async def wait_until(check: Callable[[], Any], timeout: float, step: float = 0.1
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+async def probe(client: ChatClient) -> int:
+    """Frames are sent in order: once the error for this bad frame arrives, everything
+    the server queued before it has arrived too. Returns its index."""
+    mark = client.mark()
+    await client.send(type="probe")
+    await client.wait(is_type("error", code="bad_frame"), since=mark)
+    return next(i for i in range(mark, len(client.frames)) if client.frames[i]["type"] == "error")
+
+
 async def joined(target: Target, who: Login, room: str) -> ChatClient:
     """A socket that joined ``room`` (the ``unread`` frame confirms the join)."""
     client = await ChatClient.open(target, who)

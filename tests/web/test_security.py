@@ -1,15 +1,20 @@
-"""Security properties: tokens, fixation, CSRF, rate limits, owners, cookies, hashes."""
+"""Security properties: tokens, fixation, CSRF, rate limits, owners, cookies, hashes,
+redirects and proxies."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from sqlalchemy import create_engine, text
 
 from statelab.keyring import derive
+from statelab.web.pages import safe_next
+from tests.chat.support import Replica
 from tests.support import PASSWORD, login, register_and_login
 from tests.web.conftest import SECRET, ShopFactory
 
@@ -263,3 +268,103 @@ async def test_a_token_accepted_once_is_refused_after_it_expires(shop: ShopFacto
     assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
     await asyncio.sleep(1 + 5 + 0.5)  # past exp and the 5 s clock-skew leeway
     assert (await client.get("/api/auth/me", headers=headers)).status_code == 401
+
+
+async def test_registration_is_limited_per_address_across_replicas(shop: ShopFactory) -> None:
+    """Each registration costs a password hash: parallel ones from one address,
+    spread over two replicas, get 201 up to the limit and then 429."""
+    replicas = [
+        await shop("stateless", replica_id=f"r{i}", register_limit_per_address=5) for i in (1, 2)
+    ]
+    names = [f"burst{i}" for i in range(12)]
+    answers = await asyncio.gather(
+        *(
+            replicas[i % 2].post("/api/auth/register", json={"username": n, "password": PASSWORD})
+            for i, n in enumerate(names)
+        )
+    )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201] * 5 + [429] * 7
+    refused = [(n, r) for n, r in zip(names, answers, strict=True) if r.status_code == 429]
+    assert all(int(r.headers["Retry-After"]) >= 1 for _, r in refused)
+    assert all(r.headers["content-type"] == "application/problem+json" for _, r in refused)
+    for name, _ in refused:  # a refused registration created nothing
+        r = await replicas[0].post("/api/auth/login", json={"username": name, "password": PASSWORD})
+        assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r/evil.example",
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "/%5Cevil.example",
+        " //evil.example",
+        "/\x00/evil.example",
+        "/\u2028/evil.example",
+    ],
+)
+def test_next_with_hidden_characters_stays_on_the_site(given: str) -> None:
+    assert safe_next(given) == "/menu"
+
+
+async def test_login_page_refuses_a_next_the_browser_would_turn_into_another_host(
+    shop: ShopFactory,
+) -> None:
+    client = await shop("stateful")
+    for encoded in ("%09", "%0A", "%0D", "%5C"):
+        r = await client.get(f"/login?next=/{encoded}/evil.example")
+        assert r.status_code == 200
+        assert 'data-next="/menu"' in r.text, encoded
+        assert "evil.example" not in r.text
+    kept = await client.get("/login?next=/chat%3Froom%3Dabc")
+    assert 'data-next="/chat?room=abc"' in kept.text
+
+
+def _logins_refused(replica: Replica, forwarded_for: list[str]) -> list[int]:
+    """Failed logins, each claiming another client address; their status codes."""
+    codes = []
+    with httpx.Client(base_url=replica.http, timeout=10) as client:
+        for i, address in enumerate(forwarded_for):
+            r = client.post(
+                "/api/auth/login",
+                json={"username": f"nobody{i}", "password": "wrong-password"},
+                headers={"X-Forwarded-For": address},
+            )
+            codes.append(r.status_code)
+    return codes
+
+
+def test_only_a_trusted_proxy_names_the_client_address(tmp_path: Path, sqlite_url: str) -> None:
+    """A peer that is not a trusted proxy cannot pick the address the rate limit counts."""
+    limit = {"STATELAB_LOGIN_LIMIT_PER_ADDRESS": "2"}
+    untrusted = Replica(
+        tmp_path,
+        "r1",
+        "stateful",
+        sqlite_url,
+        None,
+        {**limit, "STATELAB_TRUSTED_PROXIES": "192.0.2.10"},
+    )
+    trusted = Replica(
+        tmp_path,
+        "r2",
+        "stateful",
+        sqlite_url,
+        None,
+        {**limit, "STATELAB_TRUSTED_PROXIES": "127.0.0.1"},
+    )
+    spoofed = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    try:
+        for replica in (untrusted, trusted):
+            replica.start()
+        for replica in (untrusted, trusted):
+            replica.wait_ready(30)
+        assert _logins_refused(untrusted, spoofed) == [401, 401, 429]
+        assert _logins_refused(trusted, spoofed) == [401, 401, 401], "the proxy is believed"
+    finally:
+        for replica in (untrusted, trusted):
+            replica.stop(10)

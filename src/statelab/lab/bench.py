@@ -248,6 +248,7 @@ def run(
                 "STATELAB_DATA_DIR": str(run_dir / profile),
                 "STATELAB_MAX_LINE_QUANTITY": "1000000",
                 "STATELAB_LOGIN_LIMIT_PER_ADDRESS": "100000",
+                "STATELAB_REGISTER_LIMIT_PER_ADDRESS": "100000",
             }
             replica = replicas.enter_context(_replica(run_dir, profile, env))
             url = f"http://{replica.address}"

@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False
     app.state.on_order = []  # shop.OrderHook: run after a paid order (receipt jobs)
     app.state.on_logout_all = []  # async hooks run after logout-all (closing sockets)
+    app.state.on_logout = []  # async hooks run after one session ends (its sockets)
     app.state.on_order.append(files.receipt_hook(app))
     metrics = Metrics(settings.replica_id)
     app.state.metrics = metrics

@@ -86,8 +86,23 @@ def public_id(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()[:16]
 
 
+def client_address(request: Request) -> str:
+    """The address the per-address limits count: the peer, or the client a trusted
+    proxy names (uvicorn rewrites the peer only for ``trusted_proxies``)."""
+    return request.client.host if request.client else "unknown"
+
+
 @router.post("/register", status_code=201, responses=responses(409, 429))
-async def register(body: Credentials, stores: StoresDep) -> Registered:
+async def register(body: Credentials, request: Request, stores: StoresDep) -> Registered:
+    """Create an account. Each costs a password hash, so a client address gets
+    ``register_limit_per_address`` attempts per window (429 + Retry-After beyond)."""
+    settings = stores.settings
+    await stores.ratelimit.hit(
+        "register-address",
+        client_address(request),
+        settings.register_limit_per_address,
+        settings.register_window_seconds,
+    )
     user = await stores.users.register(body.username, body.password)
     return Registered(user_id=user.id, username=user.username)
 
@@ -104,7 +119,7 @@ async def login(
     a new one, and move the anonymous cart into the user's."""
     settings = stores.settings
     window = settings.login_window_seconds
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     await stores.ratelimit.hit("login-address", address, settings.login_limit_per_address, window)
     name = body.username.strip().lower()
     await stores.ratelimit.hit("login-account", name, settings.login_limit_per_account, window)
@@ -112,7 +127,7 @@ async def login(
     if user is None:
         raise NotAuthenticated("invalid username or password")
     if caller.session is not None:
-        await stores.sessions.revoke(caller.session)
+        await _end(request, stores, caller.session)
     issued = await stores.sessions.issue(
         user.id, user.username, request.headers.get("user-agent", "")
     )
@@ -148,9 +163,18 @@ async def _merge_anonymous_cart(
     set_cookie(request, response, stores, ANON_COOKIE, None, 0)
 
 
+async def _end(request: Request, stores: Stores, session: Session) -> None:
+    """Revoke one session, then run the ``on_logout`` hooks (they close its sockets
+    on every replica)."""
+    await stores.sessions.revoke(session)
+    for hook in getattr(request.app.state, "on_logout", []):
+        await hook(session)
+
+
 @router.post("/logout", status_code=204)
 async def logout(request: Request, stores: StoresDep, user: UserDep) -> Response:
-    await stores.sessions.revoke(user)
+    """End this session (and its chat sockets, wherever they are)."""
+    await _end(request, stores, user)
     response = Response(status_code=204)
     for name in (SESSION_COOKIE, TOKEN_COOKIE, CART_COOKIE):
         set_cookie(request, response, stores, name, None, 0)

@@ -14,6 +14,16 @@ sent, and one further ahead first pulls the missing range from history (no gaps)
 ``resume`` sets the cursor to what the client last saw and pulls the rest. Live
 events reach the writer through a bounded queue: a socket too slow to drain it is
 closed with 1013 and resumes on reconnect, so a slow client never stalls a room.
+
+A socket lives no longer than its session. Logout (one session) and logout-all (every
+session of the user) close the sockets on every replica through the chat store's
+per-replica routing. Since such an event can be missed (Redis unreachable for a
+moment, a session revoked some other way), each socket also closes at its session's
+expiry and re-checks the session every ``chat_session_check_seconds``. A re-check
+counts as use, as a request does: an open socket keeps its session from idling out,
+up to its absolute lifetime. Each of these closes with 4401. A user holds at most
+``chat_sockets_per_user`` sockets on one replica; one more is closed with 1008 and
+says why.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -48,6 +59,7 @@ from statelab.domain.errors import (
 from statelab.state import Stores
 from statelab.state.chat import ChatStore, Event
 from statelab.state.session import Session
+from statelab.web.auth import public_id
 from statelab.web.deps import StoresDep, UserDep, resolve_caller
 from statelab.web.params import KeyPath, NulFree, Seq, SeqQuery, Text
 from statelab.web.problems import problem, responses, status_of
@@ -62,8 +74,12 @@ CATCH_UP_MAX_PAGES = 10_000
 #: How long a server-side close may take before the socket is given up.
 CLOSE_TIMEOUT = 5.0
 #: Close codes: 4401 as for NotAuthenticated, 1013 "try again later" for a socket
-#: that could not keep up or whose catch-up failed, 1012 "service restart".
-CLOSE_LOGGED_OUT, CLOSE_TOO_SLOW, CLOSE_RESTART = 4401, 1013, 1012
+#: that could not keep up or whose catch-up failed, 1012 "service restart", 1008
+#: "policy violation" for a socket over the per-user limit.
+CLOSE_LOGGED_OUT, CLOSE_TOO_SLOW, CLOSE_RESTART, CLOSE_POLICY = 4401, 1013, 1012, 1008
+
+#: How a socket's session is looked up again: from the credential it was opened with.
+SessionCheck = Callable[[WebSocket], Awaitable[Session | None]]
 
 
 # ------------------------------------------------------------------------ frames in
@@ -188,6 +204,8 @@ class Connection:
         self.ws = ws
         self.user_id = session.user_id
         self.username = session.username
+        self.session_id = public_id(session.sid)  # what logout events name
+        self.expires_at = session.expires_at
         self.store = store
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(settings.chat_send_queue_frames)
         self.bucket = _Bucket(settings.chat_frames_per_second, settings.chat_frame_burst)
@@ -297,9 +315,10 @@ class Hub:
     queues of the sockets that follow the room.
     """
 
-    def __init__(self, store: ChatStore, settings: Settings) -> None:
+    def __init__(self, store: ChatStore, settings: Settings, check: SessionCheck) -> None:
         self.store = store
         self.settings = settings
+        self._check = check
         self._by_user: dict[int, set[Connection]] = {}
         self._by_room: dict[str, set[Connection]] = {}
         self._watched: set[str] = set()
@@ -324,9 +343,17 @@ class Hub:
     # -- one socket ------------------------------------------------------------------
 
     async def serve(self, conn: Connection) -> None:
-        """Run an accepted socket until it closes."""
-        self._by_user.setdefault(conn.user_id, set()).add(conn)
+        """Run an accepted socket until it closes (at once if the user has too many)."""
+        mine = self._by_user.setdefault(conn.user_id, set())
+        cap = self.settings.chat_sockets_per_user
+        if len(mine) >= cap:
+            reason = f"too many chat sockets: at most {cap} per user on this replica"
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.ws.close(CLOSE_POLICY, reason), CLOSE_TIMEOUT)
+            return
+        mine.add(conn)
         conn.writer = asyncio.create_task(conn.write_loop())
+        guard = asyncio.create_task(self._guard(conn))
         try:
             try:
                 await self._presence(conn.user_id, conn.username)
@@ -336,7 +363,31 @@ class Hub:
         finally:
             conn.closing = True
             conn.writer.cancel()
+            guard.cancel()
             await self._forget(conn)
+
+    async def _guard(self, conn: Connection) -> None:
+        """Close the socket when its session ends: at its expiry, or at the first
+        re-check that finds it gone. A store that cannot answer keeps the socket
+        open until the next re-check (the expiry still holds)."""
+        every = self.settings.chat_session_check_seconds
+        while not conn.closing:
+            await asyncio.sleep(max(0.0, min(every, conn.expires_at - time.time())))
+            if time.time() >= conn.expires_at:
+                break
+            try:
+                current = await self._check(conn.ws)
+            except StatelabError as exc:
+                log.warning("session of chat user %s not re-checked: %s", conn.user_id, exc)
+                continue
+            except Exception:
+                log.exception("session of chat user %s not re-checked", conn.user_id)
+                continue
+            if current is None or public_id(current.sid) != conn.session_id:
+                break
+        # The timer may fire a moment before the wall clock reaches the expiry.
+        expired = time.time() >= conn.expires_at - 1
+        conn.close(CLOSE_LOGGED_OUT, f"session {'expired' if expired else 'ended'}: log in again")
 
     async def _read_loop(self, conn: Connection) -> None:
         while True:
@@ -373,8 +424,8 @@ class Hub:
     def _parse(self, text: str | None) -> ClientFrame:
         if text is None:
             raise MalformedRequest("send JSON text frames, not binary ones")
-        # Room ids, ids and JSON escapes around the longest text allowed (\uXXXX is 6).
-        limit = self.settings.max_message_chars * 6 + 1024
+        # uvicorn refuses longer frames already (1009); other servers may not.
+        limit = self.settings.chat_max_frame_bytes
         if len(text) > limit:
             raise LimitExceeded(f"frame is {len(text)} characters; at most {limit}")
         return _client_frames.validate_json(text)
@@ -554,7 +605,7 @@ class Hub:
         kind = event.get("type")
         for conn in list(self._by_user.get(user_id, ())):
             if kind == "close":
-                conn.close(CLOSE_LOGGED_OUT, "logged out on every device")
+                self._close_if_ended(conn, event.get("session"))
             elif kind == "leave":
                 await self._unsubscribe(conn, str(event["room"]))
             elif kind == "unread":
@@ -571,12 +622,28 @@ class Hub:
             return  # still here: our heartbeat puts them back
         await self._announce(user_id, username, False)
 
+    @staticmethod
+    def _close_if_ended(conn: Connection, session_id: Any) -> None:
+        """A ``close`` event names one session (logout), or none: every session."""
+        if session_id is None:
+            conn.close(CLOSE_LOGGED_OUT, "logged out on every device")
+        elif session_id == conn.session_id:
+            conn.close(CLOSE_LOGGED_OUT, "logged out")
+
     async def close_user(self, user_id: Any) -> None:
         """The ``on_logout_all`` hook: close the user's sockets on every replica."""
-        await self.user_event(int(user_id), {"type": "close"})
+        await self._close_everywhere(int(user_id), {"type": "close"})
+
+    async def close_session(self, session: Session) -> None:
+        """The ``on_logout`` hook: close one session's sockets on every replica."""
+        event = {"type": "close", "session": public_id(session.sid)}
+        await self._close_everywhere(session.user_id, event)
+
+    async def _close_everywhere(self, user_id: int, event: Event) -> None:
+        await self.user_event(user_id, event)
         try:
-            await self.store.tell_elsewhere(int(user_id), {"type": "close"})
-        except StatelabError as exc:
+            await self.store.tell_elsewhere(user_id, event)
+        except StatelabError as exc:  # their re-check closes them within a minute
             log.warning("sockets of user %s on other replicas not closed: %s", user_id, exc)
 
 
@@ -584,16 +651,24 @@ class Hub:
 async def running(app: FastAPI, stores: Stores) -> AsyncIterator[Hub]:
     """The chat hub for the app's lifespan: started after the stores open, stopped
     (sockets closed, subscriber and heartbeat ended) before they close."""
-    hub = Hub(stores.chat, stores.settings)
+    hub = Hub(stores.chat, stores.settings, partial(_session_of, stores=stores))
     await hub.start()
     app.state.chat_hub = hub
     app.state.on_logout_all.append(hub.close_user)
+    app.state.on_logout.append(hub.close_session)
     try:
         yield hub
     finally:
         with contextlib.suppress(ValueError):
             app.state.on_logout_all.remove(hub.close_user)
+        with contextlib.suppress(ValueError):
+            app.state.on_logout.remove(hub.close_session)
         await hub.stop()
+
+
+async def _session_of(ws: WebSocket, stores: Stores) -> Session | None:
+    """The session behind the credential a socket was opened with, if still valid."""
+    return (await resolve_caller(ws, stores)).session
 
 
 # ------------------------------------------------------------------------ WebSocket

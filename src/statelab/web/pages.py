@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
@@ -161,10 +161,27 @@ def _login_first(request: Request) -> Response:
 
 
 def safe_next(value: str | None) -> str:
-    """Only local paths: ``next`` must never send a user to another site."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Only local paths: ``next`` must never send a user to another site.
+
+    A browser resolving a URL drops tabs and newlines anywhere and control characters
+    at its ends, and reads a backslash as a slash, so ``/\t/evil.example`` becomes
+    ``//evil.example``: another host. Accept a path only when it, and its decoded form
+    too (in case something decodes it once more), starts with exactly one ``/`` and
+    holds no backslash and nothing unprintable."""
+    if not value or not all(_local_path(v) for v in (value, unquote(value))):
         return "/menu"
     return value
+
+
+def _local_path(path: str) -> bool:
+    # isprintable() is False for control, format and separator characters (not space).
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and "\\" not in path
+        and path.isprintable()
+        and path == path.strip()
+    )
 
 
 def money(cents: int) -> str:

@@ -52,21 +52,33 @@ def _mark_draining(app: object) -> None:
         app = getattr(app, "app", None)
 
 
-def run_replica(settings: Settings) -> None:
-    """Serve the shop on ``settings.host:settings.port`` until told to stop."""
-    check_migrated_sync(settings.database_url)
-    config = uvicorn.Config(
+def _uvicorn_config(settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for one replica.
+
+    Only the trusted proxies may name the client (X-Forwarded-For): the per-address
+    rate limits count that address. A WebSocket frame may be as large as the largest
+    legitimate chat frame, not uvicorn's 16 MiB; a larger one closes the socket with
+    1009. No permessage-deflate: chat frames are small, and each compressed socket
+    would hold zlib state (hundreds of KiB) for as long as it is open."""
+    return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
         ws="websockets",
+        ws_max_size=settings.chat_max_frame_bytes,
+        ws_per_message_deflate=False,
         proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_graceful_shutdown=int(settings.graceful_timeout_seconds),
         access_log=False,
         server_header=False,
         log_level="info",
     )
-    _DrainingServer(config, settings.drain_seconds).run()
+
+
+def run_replica(settings: Settings) -> None:
+    """Serve the shop on ``settings.host:settings.port`` until told to stop."""
+    check_migrated_sync(settings.database_url)
+    _DrainingServer(_uvicorn_config(settings), settings.drain_seconds).run()
