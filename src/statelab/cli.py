@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -96,57 +96,121 @@ def serve(
 @app.command()
 def demo(
     scenarios: Annotated[str | None, typer.Option(help="Comma-separated scenario names.")] = None,
-    profiles: Annotated[str | None, typer.Option(help="Comma-separated profiles.")] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Comma-separated variant labels (e.g. stateful,aof-off).")
+    ] = None,
+    profiles: Annotated[
+        str | None, typer.Option(help="Only variants of these profiles (comma-separated).")
+    ] = None,
     json_path: Annotated[
         Path, typer.Option("--json", help="Where to write the JSON report.")
     ] = Path("report.json"),
     html_path: Annotated[
         Path, typer.Option("--html", help="Where to write the HTML report.")
     ] = Path("report.html"),
-    quick: Annotated[bool, typer.Option(help="Smaller workloads (about two minutes).")] = False,
+    quick: Annotated[bool, typer.Option(help="Smaller workloads (a few minutes).")] = False,
+    stories: Annotated[bool, typer.Option(help="Print each verdict's account too.")] = False,
 ) -> None:
-    """Run the lab: every scenario in every profile, verdicts per claim, reports."""
-    from statelab.lab.demo import UnknownName, run_demo
-    from statelab.lab.report import print_report, write_reports
+    """Run the lab: every scenario in every variant of its plan, a verdict per claim."""
+    from statelab.lab.demo import run_demo
+    from statelab.lab.framework import UnknownName
+    from statelab.lab.report import write_reports
+    from statelab.lab.report.terminal import print_report
 
     _logging("WARNING")
     try:
-        report = run_demo(_names(scenarios), _names(profiles), quick=quick)
+        report = run_demo(
+            _names(scenarios), _names(variants), _names(profiles), quick=quick, say=_say
+        )
     except UnknownName as exc:
         raise fail(str(exc)) from exc
-    print_report(report)
+    print_report(report, stories=stories)
     write_reports(report, json_path, html_path)
     typer.echo(f"reports: {json_path} {html_path}")
     if not report.ok:
         raise typer.Exit(code=1)
 
 
+def _say(line: str) -> None:
+    typer.echo(line)
+    sys.stdout.flush()
+
+
 @app.command()
 def scenario(
-    name: Annotated[str, typer.Argument(help="pizza, atm, sticky-skew, ...")],
+    name: Annotated[str, typer.Argument(help="pizza, atm, sticky-skew, ... (see `demo`)")],
     profile: ProfileOpt = None,
-    json_path: Annotated[Path | None, typer.Option("--json")] = None,
-    quick: Annotated[bool, typer.Option(help="A smaller workload.")] = False,
-    sessions: Annotated[
-        int | None, typer.Option(min=10, help="memory: sessions to hold [default: 10000].")
+    place: PlaceOpt = None,
+    balance: Annotated[
+        str | None, typer.Option(help="roundrobin or sticky [default: by profile].")
     ] = None,
+    redis_persistence: Annotated[
+        str | None, typer.Option(help="off, everysec or always [default: everysec].")
+    ] = None,
+    redis_delay_proxy: Annotated[
+        bool, typer.Option(help="Put a delaying TCP proxy between replicas and Redis.")
+    ] = False,
+    replicas: Annotated[int | None, typer.Option(min=1, help="Replicas [default: 3].")] = None,
+    knob: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A scenario knob: NAME=VALUE (repeatable)."),
+    ] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Without configuration flags: only these variants.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json")] = None,
+    html_path: Annotated[Path | None, typer.Option("--html")] = None,
+    quick: Annotated[bool, typer.Option(help="A smaller workload.")] = False,
 ) -> None:
-    """Run one scenario in one profile and print what it measured."""
-    from statelab.lab.demo import UnknownName, run_demo
-    from statelab.lab.report import print_report, write_reports
+    """Run one scenario: its whole plan (controls included), or — with any of
+    --profile, --place, --balance, --redis-..., --replicas, --set — once, in exactly
+    that configuration."""
+    from statelab.lab.demo import plan, play
+    from statelab.lab.demo import scenario as find
+    from statelab.lab.framework import UnknownName, Variant, parse_knobs
+    from statelab.lab.report import write_reports
+    from statelab.lab.report.terminal import print_report
 
     _logging("WARNING")
-    profiles = [profile.value] if profile else None
+    options: list[str] = []
+    if redis_persistence:
+        options += ["--redis-persistence", redis_persistence]
+    if redis_delay_proxy:
+        options.append("--redis-delay-proxy")
     try:
-        report = run_demo([name], profiles, quick=quick, sessions=sessions)
-    except UnknownName as exc:
+        chosen = find(name)
+        knobs = parse_knobs(chosen, knob or [])
+        custom = profile or place or balance or options or knobs or replicas
+        if custom:
+            variant = Variant(
+                "custom",
+                (profile or Profile.stateless).value,
+                place=parse_place(place),
+                balance=_balance(balance),
+                options=tuple(options),
+                knobs=knobs,
+                replicas=replicas or 3,
+            )
+            runs = [(chosen, variant)]
+        else:
+            runs = plan([name], _names(variants), None, quick)
+        report = play(runs, quick, say=_say)
+    except (UnknownName, ConfigError) as exc:
         raise fail(str(exc)) from exc
-    print_report(report)
-    for result in report.results:
-        typer.echo(json.dumps({"profile": result.profile, **result.metrics}, default=str))
-    write_reports(report, json_path, None)
+    print_report(report, stories=True)
+    for run in report.runs:
+        typer.echo(json.dumps({"run": run.id, **run.metrics}, default=str))
+    write_reports(report, json_path, html_path)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _balance(value: str | None) -> Literal["roundrobin", "sticky"] | None:
+    if value is None:
+        return None
+    if value not in ("roundrobin", "sticky"):
+        raise ConfigError(f"--balance {value!r}: expected roundrobin or sticky")
+    return value  # type: ignore[return-value]
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -170,7 +234,7 @@ def bench(
     """Throughput and latency of the cart workload for every profile, as ratios to
     stateful, and a scale-out curve of the stateless profile behind HAProxy."""
     from statelab.lab.bench import run
-    from statelab.lab.report import print_bench
+    from statelab.lab.report.terminal import print_bench
 
     _logging("WARNING")
     result = run(

@@ -32,6 +32,7 @@ class Chatter:
     reconnects: int = 0
     relogins: int = 0
     reconnect_seconds: list[float] = field(default_factory=list)
+    typists: set[str] = field(default_factory=set)  # who this user saw typing in the room
     _reader: asyncio.Task[None] | None = None
     _stop: bool = False
 
@@ -60,6 +61,8 @@ class Chatter:
                     self.received.append(
                         (str(frame["sender"]), str(frame["client_msg_id"]), int(frame["seq"]))
                     )
+                elif frame.get("type") == "typing" and frame.get("room") == self.room:
+                    self.typists.add(str(frame["user"]))
                 elif frame.get("type") == "ack":
                     self.acked[str(frame["client_msg_id"])] = int(frame["seq"])
                     self.pending.pop(str(frame["client_msg_id"]), None)

@@ -127,6 +127,15 @@ class Shopper:
         headers = {"Idempotency-Key": key or uuid.uuid4().hex}
         return await self.request("POST", path, json=body or None, headers=headers)
 
+    async def checkout(self, key: str | None = None) -> httpx.Response | None:
+        """Pay the cart at the total the shop just showed (it refuses, 409, if a price
+        changed since)."""
+        cart = await self.request("GET", "/api/cart")
+        total = (
+            int(cart.json()["total_cents"]) if cart is not None and cart.status_code == 200 else 0
+        )
+        return await self.money("/api/checkout", key, expected_total_cents=total)
+
     async def balance(self) -> int | None:
         r = await self.request("GET", "/api/account")
         return int(r.json()["balance_cents"]) if r is not None and r.status_code == 200 else None

@@ -1,0 +1,148 @@
+"""Load from ``wrk``: logged-in users replaying the cart workload, closed-loop to find
+saturation or paced to hold a rate.
+
+``wrk`` (C, event-driven, from Debian) uses a fraction of the CPU a Python client
+would, so the shop — not the load generator — is what saturates. A Lua script sends
+the requests as logged-in users in turn, four cart reads for each item added (a
+shop page's workload). Pacing: each connection waits ``pause_ms`` before
+its next request, so ``connections / (pause + latency)`` requests per second are
+offered; ``paced`` picks the connection count for a target rate from one short
+calibration run. wrk has no open-loop mode (its fork wrk2 is not packaged), so a
+slow answer delays that connection's next request: latency percentiles are
+honest at moderate load and flattering at saturation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from statelab.cluster.servers import MissingBinary
+
+WORKLOAD = "cart: 4 x GET /api/cart per POST /api/cart/items, one logged-in user per connection"
+
+# Requests go out as the users in turn (wrk's Lua state is per thread, not per
+# connection); 1 in 5 requests adds an item. The
+# done() callback prints the latency distribution for the report's CDF plots.
+CART_LUA = r"""
+local users = {}
+local counter = 0
+for line in io.lines("%(users)s") do users[#users + 1] = line end
+function setup(thread) counter = counter + 1; thread:set("tid", counter) end
+function init(args) n = 0 end
+function delay() return %(pause)d end
+function request()
+  n = n + 1
+  local me = users[(n + tid) %% #users + 1]
+  local cookie, header = me:match("^(.-)\t(.*)$")
+  local headers = {["Content-Type"] = "application/json"}
+  if cookie ~= "" then headers["Cookie"] = cookie end
+  local name, value = header:match("^(.-): (.*)$")
+  headers[name] = value
+  if n %% 5 == 0 then
+    return wrk.format("POST", "/api/cart/items", headers, '{"item_id": 1, "quantity": 1}')
+  end
+  return wrk.format("GET", "/api/cart", headers)
+end
+function done(summary, latency, requests)
+  io.write("CDF")
+  for p = 2, 100, 2 do io.write(string.format(" %%.3f", latency:percentile(p) / 1000)) end
+  io.write("\n")
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int = 0
+    cdf_ms: list[float] = field(default_factory=list)  # latency at 2, 4, ... 100 %
+
+
+def _unit_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Requests/s, p50, p99, errors and the CDF from ``wrk --latency`` output."""
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if found is None:
+        raise ValueError(f"not wrk output: {output[:200]!r}")
+    pct = {
+        p: _unit_ms(v, u)
+        for p, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    }
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    total = re.search(r"(\d+) requests in", output)
+    cdf = re.search(r"^CDF((?: [\d.]+)+)$", output, re.M)
+    return WrkResult(
+        rps=float(found.group(1)),
+        p50_ms=round(pct.get("50", 0.0), 3),
+        p99_ms=round(pct.get("99", 0.0), 3),
+        errors=errors,
+        requests=int(total.group(1)) if total else 0,
+        cdf_ms=[float(v) for v in cdf.group(1).split()] if cdf else [],
+    )
+
+
+def login_users(url: str, count: int, users_file: Path, prefix: str = "load") -> None:
+    """Register and log in ``count`` users through ``url``; write one credential line
+    per user (cookies, including a load balancer's stickiness cookie, a tab, and the
+    header that authenticates writes)."""
+    lines = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(count):
+            creds = {"username": f"{prefix}{i:04d}", "password": "load-password-1"}
+            client.cookies.clear()
+            client.post("/api/auth/register", json=creds)
+            r = client.post("/api/auth/login", json=creds)
+            r.raise_for_status()
+            body = r.json()
+            if "access_token" in body:
+                lines.append(f"\tAuthorization: Bearer {body['access_token']}")
+            else:
+                cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+                lines.append(f"{cookie}\tX-CSRF-Token: {body['csrf_token']}")
+    users_file.write_text("\n".join(lines) + "\n")
+
+
+def wrk(
+    url: str, users_file: Path, connections: int, seconds: float, pause_ms: int = 0
+) -> WrkResult:
+    """One wrk run of the cart workload."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise MissingBinary("wrk not found: install it with `apt-get install wrk`")
+    script = users_file.with_suffix(f".{pause_ms}.lua")
+    script.write_text(CART_LUA % {"users": users_file, "pause": pause_ms})
+    duration = f"{max(1, round(seconds))}s"
+    argv = [binary, "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script),
+            url]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return parse_wrk(out.stdout)
+
+
+def paced(url: str, users_file: Path, rate: float, seconds: float) -> WrkResult:
+    """The cart workload offered at about ``rate`` requests/s: a 1 s probe measures
+    the latency at that pace, then the measured run uses the connection count that
+    offers the rate. The result says what was achieved."""
+    pause = max(5, math.ceil(10_000 / max(rate, 1.0)))  # >= 10 connections at any rate
+    connections = max(1, round(rate * pause / 1000))
+    probe = wrk(url, users_file, connections, 1, pause)
+    latency = probe.p50_ms if probe.rps else 0.0
+    connections = max(1, round(rate * (pause + latency) / 1000))
+    return wrk(url, users_file, connections, seconds, pause)
