@@ -43,6 +43,18 @@ DatabaseOpt = Annotated[
 ]
 
 
+BalanceOpt = Annotated[
+    str | None,
+    typer.Option(help="roundrobin or sticky [default: sticky for stateful, else roundrobin]."),
+]
+PersistenceOpt = Annotated[
+    str, typer.Option(help="Redis persistence: off, everysec or always (an append-only file).")
+]
+DelayProxyOpt = Annotated[
+    bool, typer.Option(help="A delaying TCP proxy between the replicas and Redis (lab).")
+]
+
+
 def fail(message: str) -> typer.Exit:
     """Print one clear line on stderr and return the exit to raise."""
     typer.echo(f"statelab: {message}", err=True)
@@ -141,15 +153,11 @@ def scenario(
     name: Annotated[str, typer.Argument(help="pizza, atm, sticky-skew, ... (see `demo`)")],
     profile: ProfileOpt = None,
     place: PlaceOpt = None,
-    balance: Annotated[
-        str | None, typer.Option(help="roundrobin or sticky [default: by profile].")
-    ] = None,
+    balance: BalanceOpt = None,
     redis_persistence: Annotated[
-        str | None, typer.Option(help="off, everysec or always [default: everysec].")
+        str | None, typer.Option(help="Redis persistence: off, everysec or always.")
     ] = None,
-    redis_delay_proxy: Annotated[
-        bool, typer.Option(help="Put a delaying TCP proxy between replicas and Redis.")
-    ] = False,
+    redis_delay_proxy: DelayProxyOpt = False,
     replicas: Annotated[int | None, typer.Option(min=1, help="Replicas [default: 3].")] = None,
     knob: Annotated[
         list[str] | None,
@@ -323,13 +331,18 @@ def up(
     workers: Annotated[
         int | None, typer.Option(min=0, help="Job workers [default: 1 if jobs=queue, else 0].")
     ] = None,
+    balance: BalanceOpt = None,
+    redis_persistence: PersistenceOpt = "everysec",
+    redis_delay_proxy: DelayProxyOpt = False,
 ) -> None:
     """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C.
 
     With --port 0 (and --control-port 0) free ports are chosen; the banner and
     run/cluster.json name them once the control API answers."""
+    from statelab.cluster.runfolder import ClusterError
     from statelab.cluster.servers import ServerError
-    from statelab.cluster.supervisor import ClusterError, ClusterOptions, run_cluster
+    from statelab.cluster.supervisor import ClusterOptions
+    from statelab.cluster.up import run_cluster
 
     _logging("WARNING")
     try:
@@ -344,6 +357,9 @@ def up(
             self_heal=self_heal,
             fresh=fresh,
             workers=workers,
+            balance=_balance(balance),
+            redis_persistence=redis_persistence,
+            redis_delay_proxy=redis_delay_proxy,
         )
         if database not in ("sqlite", "postgres", "postgresql"):
             database_url_async(database)
@@ -359,8 +375,7 @@ app.add_typer(cluster_app, name="cluster")
 
 
 def _control(run_dir: Path, call: str, *args: str) -> Any:
-    from statelab.cluster.control import ControlClient
-    from statelab.cluster.supervisor import ClusterError
+    from statelab.cluster.client import ClusterError, ControlClient
 
     try:
         return getattr(ControlClient(run_dir), call)(*args)
@@ -378,7 +393,7 @@ def cluster_status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Every process, its pid and state as HAProxy sees it, requests and sessions."""
-    from statelab.cluster.control import format_status
+    from statelab.cluster.client import format_status
 
     status = _control(run_dir, "status")
     typer.echo(json.dumps(status, indent=2) if as_json else format_status(status))

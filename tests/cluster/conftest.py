@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from statelab.cluster.control import ControlClient
+from statelab.cluster.client import ClusterError, ControlClient, read_state
+from statelab.cluster.members import statelab_command
 from statelab.cluster.servers import ManagedProcess
-from statelab.cluster.supervisor import ClusterError, read_state, statelab_command
 
 PASSWORD = "correct horse battery"
 

@@ -22,8 +22,8 @@ from statelab.cluster.haproxy import (
     render_config,
     runtime_socket_path,
 )
+from statelab.cluster.members import Replica, replica_state
 from statelab.cluster.servers import PortedProcess, PortInUse, find_binary
-from statelab.cluster.supervisor import Replica, replica_state
 from tests.support import answers_ok, listening
 
 

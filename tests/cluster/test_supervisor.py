@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from statelab.cluster.supervisor import (
-    ClusterError,
-    ClusterOptions,
-    EventLog,
-    Replica,
-    _redact,
-    _start_time,
-    http_ok,
-    reap_stale,
-    statelab_command,
-)
+from statelab.cluster.members import Replica, http_ok, statelab_command
+from statelab.cluster.runfolder import ClusterError, EventLog, reap_stale, redact, start_time
+from statelab.cluster.supervisor import ClusterOptions
 from statelab.config import Profile
 from tests.support import PROCESS_ENV
 
@@ -61,12 +53,12 @@ def test_events_are_json_lines_with_timestamps(tmp_path: Path) -> None:
 
 
 def test_passwords_stay_out_of_status() -> None:
-    assert _redact("postgresql://u:secret@127.0.0.1:5/db") == "postgresql://u:***@127.0.0.1:5/db"
-    assert _redact("sqlite:///run/shop.db") == "sqlite:///run/shop.db"
+    assert redact("postgresql://u:secret@127.0.0.1:5/db") == "postgresql://u:***@127.0.0.1:5/db"
+    assert redact("sqlite:///run/shop.db") == "sqlite:///run/shop.db"
 
 
 def test_a_live_cluster_is_not_started_over(tmp_path: Path) -> None:
-    me = {"pid": os.getpid(), "start_time": _start_time(os.getpid())}
+    me = {"pid": os.getpid(), "start_time": start_time(os.getpid())}
     (tmp_path / "cluster.json").write_text(json.dumps({"supervisor": me, "processes": {}}))
     with pytest.raises(ClusterError, match="already running"):
         reap_stale(tmp_path)
@@ -78,7 +70,7 @@ def test_what_a_crashed_supervisor_left_is_killed(tmp_path: Path) -> None:
     state = {
         "supervisor": {"pid": 999_999_999, "start_time": 1},
         "processes": {
-            "r1": {"pid": orphan.pid, "start_time": _start_time(orphan.pid)},
+            "r1": {"pid": orphan.pid, "start_time": start_time(orphan.pid)},
             # Same PID, another start time: not ours any more, must survive.
             "r2": {"pid": recycled.pid, "start_time": 12345},
         },

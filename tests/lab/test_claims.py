@@ -93,8 +93,14 @@ def restart(label: str, lost: int) -> Run:
 
 
 def failover(label: str) -> Run:
-    return _run("redis-failover", label, acknowledged_lost=2, acknowledged_writes=300,
-                seconds_unwritable=1.4, explanation="asynchronous replication lost 2 writes")
+    return _run(
+        "redis-failover",
+        label,
+        acknowledged_lost=2,
+        acknowledged_writes=300,
+        seconds_unwritable=1.4,
+        explanation="asynchronous replication lost 2 writes",
+    )
 
 
 def stale(label: str, answers: int) -> Run:

@@ -32,7 +32,11 @@ class _Fetches(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.svgs += tag == "svg"
         for name, value in attrs:
-            if name in ("src", "href", "data", "xlink:href") and value and not value.startswith("#"):
+            if (
+                name in ("src", "href", "data", "xlink:href")
+                and value
+                and not value.startswith("#")
+            ):
                 self.fetches.append(f"{tag} {name}={value}")
         if tag in ("script", "link", "iframe", "img", "object", "embed"):
             self.fetches.append(tag)

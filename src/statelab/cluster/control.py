@@ -1,16 +1,21 @@
-"""The supervisor's control API (HTTP on loopback) and the client the CLI uses.
+"""The supervisor's control API (HTTP on loopback); its client is
+``statelab.cluster.client``.
 
 Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx/5xx code)::
 
     GET    /status                       every process, as HAProxy sees the replicas
     GET    /events?since=TS              recent events (the full log is events.jsonl)
     POST   /replicas                     add a replica under load
-    POST   /replicas/{id}/kill?signal=KILL|TERM
+    POST   /replicas/{id}/kill?signal=KILL|TERM   (a replica, a worker, or redis)
     POST   /replicas/{id}/start          start it again / put it back in rotation
     POST   /replicas/{id}/drain          no new requests; in-flight ones finish
+    POST   /replicas/{id}/memory-limit?bytes=N   hold a replica to N bytes (cgroup)
     DELETE /replicas/{id}                drain, stop and remove
     POST   /rolling-restart              one replica at a time, each drained first
     POST   /redis/restart?mode=kill|clean
+    GET    /redis/stats                  used memory and calls per command
+    POST   /redis/delay?ms=X             delay replica<->Redis traffic (delay proxy)
+    POST   /admins?username=U            give a shop account the admin role
 
 The API has no authentication: it listens on 127.0.0.1 only, like the rest of
 the lab, and anyone who can reach it can already signal our processes.
@@ -22,19 +27,18 @@ import asyncio
 import contextlib
 import signal
 import socket
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import httpx
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from statelab.cluster import dashboard
+from statelab.cluster.runfolder import ClusterError
 from statelab.cluster.servers import ServerError
-from statelab.cluster.supervisor import Cluster, ClusterError, read_state
+from statelab.cluster.supervisor import Cluster
 
-__all__ = ["ClusterNotFound", "ControlClient", "ControlServer", "create_control_app"]
+__all__ = ["ControlServer", "create_control_app"]
 
 
 def create_control_app(cluster: Cluster) -> FastAPI:
@@ -115,6 +119,32 @@ async def restart_redis(
     return await cluster.restart_redis(hard=mode == "kill")
 
 
+@router.get("/redis/stats")
+async def redis_stats(cluster: ClusterDep) -> dict[str, Any]:
+    return await cluster.redis_stats()
+
+
+@router.post("/redis/delay")
+async def redis_delay(
+    cluster: ClusterDep, ms: Annotated[float, Query(ge=0, le=1000)]
+) -> dict[str, Any]:
+    return cluster.set_redis_delay(ms)
+
+
+@router.post("/replicas/{rid}/memory-limit")
+async def memory_limit(
+    cluster: ClusterDep, rid: str, bytes: Annotated[int, Query(ge=16 * 2**20)]
+) -> dict[str, Any]:
+    return await cluster.limit_memory(rid, bytes)
+
+
+@router.post("/admins")
+async def grant_admin(
+    cluster: ClusterDep, username: Annotated[str, Query(min_length=1, max_length=100)]
+) -> dict[str, Any]:
+    return await cluster.grant_admin(username)
+
+
 _SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 
 
@@ -158,102 +188,3 @@ class ControlServer:
             await self._task
         if self._sock is not None:
             self._sock.close()
-
-
-class ClusterNotFound(ClusterError):
-    """No cluster state in the run folder, or its supervisor does not answer."""
-
-
-class ControlClient:
-    """Talks to the control API of the cluster running from ``run_dir``."""
-
-    def __init__(self, run_dir: Path = Path("run"), timeout: float = 180.0) -> None:
-        self.run_dir = run_dir
-        state = read_state(run_dir)
-        if state is None:
-            raise ClusterNotFound(
-                f"no cluster found in {run_dir}/ (start one with `statelab up`, "
-                "or pass the --run-dir it uses)",
-                404,
-            )
-        self.state = state
-        self.base_url: str = state["control_url"]
-        self.timeout = timeout
-
-    def _call(self, method: str, path: str, **params: str) -> Any:
-        try:
-            response = httpx.request(
-                method, self.base_url + path, params=params or None, timeout=self.timeout
-            )
-        except httpx.TransportError as exc:
-            raise ClusterNotFound(
-                f"the cluster in {self.run_dir}/ does not answer at {self.base_url} "
-                f"(is `statelab up` still running?): {exc}",
-                503,
-            ) from exc
-        if response.is_error:
-            try:
-                message = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text
-            raise ClusterError(str(message), response.status_code)
-        return response.json()
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/status")
-        return result
-
-    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/events", since=str(since))
-        return result
-
-    def kill(self, rid: str, sig: Literal["KILL", "TERM"] = "KILL") -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/replicas/{rid}/kill", signal=sig)
-        return result
-
-    def start(self, rid: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/replicas/{rid}/start")
-        return result
-
-    def drain(self, rid: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/replicas/{rid}/drain")
-        return result
-
-    def add(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/replicas")
-        return result
-
-    def remove(self, rid: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("DELETE", f"/replicas/{rid}")
-        return result
-
-    def rolling_restart(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/rolling-restart")
-        return result
-
-    def restart_redis(self, mode: Literal["kill", "clean"] = "kill") -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/redis/restart", mode=mode)
-        return result
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """A plain-text table of ``status`` for people."""
-    lines = [
-        f"profile {status['profile']}   shop {status['shop_url']}   "
-        f"control {status['control_url']}",
-        f"{'ID':<6}{'STATE':<10}{'PID':>8}{'PORT':>7}{'REQUESTS':>10}{'SESSIONS':>10}  HAPROXY",
-    ]
-    for r in status["replicas"]:
-        pid = r["pid"] if r["pid"] is not None else "-"
-        lines.append(
-            f"{r['id']:<6}{r['state']:<10}{pid:>8}{r['port']:>7}"
-            f"{r['requests']:>10}{r['sessions']:>10}  {r['lb_status'] or '-'}"
-        )
-    for name in ("redis", "haproxy"):
-        proc = status.get(name)
-        if proc:
-            pid = proc["pid"] if proc["pid"] is not None else "-"
-            lines.append(f"{name:<16}{proc['state']:<6}{pid:>8}")
-    for worker in status.get("workers", []):
-        lines.append(f"{worker['name']:<16}{worker['state']:<6}{worker['pid'] or '-':>8}")
-    return "\n".join(lines)

@@ -14,54 +14,61 @@ ephemeral range and checked, and a server whose port was taken anyway moves to
 another (see ``statelab.cluster.servers``). A replica restarted later keeps its
 port when it can; if not, its load-balancer slot is re-pointed at the new one.
 
-Everything lives in the run folder::
-
-    run/
-      cluster.json     ports, pids and URLs: how ``statelab cluster ...`` finds us
-      events.jsonl     one JSON object per line, with a Unix timestamp ``ts``
-      logs/NAME.log    stdout+stderr of each process (r1, redis, haproxy, ...)
-      pids/NAME.pid    the PID of each running process
-      haproxy.cfg      the generated load-balancer config; haproxy.sock its API
-      redis.conf       the generated Redis config; redis-aof/ its append-only file
-      shop.db          the SQLite database (unless PostgreSQL or a URL is used)
-      replicas/rN/     each replica's own folder (STATELAB_DATA_DIR)
-      objects/         the shared object store for uploads (file://)
-      secret_key       the cluster's shared signing secret (mode 0600)
-
-``run_cluster`` is what ``statelab up`` calls: it serves the control API (see
-``statelab.cluster.control``) next to the cluster until SIGINT or SIGTERM.
+Everything lives in the run folder (see ``statelab.cluster.runfolder``);
+``statelab.cluster.up`` is what ``statelab up`` calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
-import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from statelab.cluster.cgroups import MemoryLimit
 from statelab.cluster.haproxy import (
     HAProxyServer,
     LoadBalancerConfig,
     ServerStat,
     runtime_socket_path,
 )
+from statelab.cluster.members import (
+    Member,
+    Replica,
+    Worker,
+    proc_usage,
+    process_status,
+    replica_state,
+    signal_name,
+    statelab_command,
+    worker_status,
+)
+from statelab.cluster.netdelay import DelayProxy
+from statelab.cluster.runfolder import (
+    EVENTS_FILE,
+    STATE_FILE,
+    ClusterError,
+    EventLog,
+    reap_stale,
+    redact,
+    start_time,
+)
 from statelab.cluster.servers import (
     LOOPBACK,
+    PERSISTENCE,
     ManagedProcess,
     PortedProcess,
     PostgresServer,
@@ -73,31 +80,13 @@ from statelab.cluster.servers import (
 )
 from statelab.config import NEEDS_REDIS, PROFILES, Profile
 
-__all__ = [
-    "Cluster",
-    "ClusterError",
-    "ClusterOptions",
-    "EventLog",
-    "Replica",
-    "Worker",
-    "run_cluster",
-]
+Balance = Literal["roundrobin", "sticky"]
 
-log = logging.getLogger(__name__)
+__all__ = ["Cluster", "ClusterError", "ClusterOptions"]
 
-STATE_FILE = "cluster.json"
-EVENTS_FILE = "events.jsonl"
 #: How often the watcher looks at processes and HAProxy's stats; this bounds how
 #: precisely the events log times a replica going DOWN.
 WATCH_INTERVAL = 0.1
-
-
-class ClusterError(RuntimeError):
-    """A request the cluster cannot honour; ``status`` is the HTTP code to answer."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -118,6 +107,9 @@ class ClusterOptions:
     replica_env: dict[str, str] = field(default_factory=dict)  # extra STATELAB_* settings
     workers: int | None = None  # default: 1 when jobs go to the queue, else 0
     ready_timeout: float = 30.0
+    balance: Balance | None = None  # default: sticky for the stateful profile
+    redis_persistence: str = "everysec"  # off | everysec | always
+    redis_delay_proxy: bool = False  # a delaying TCP proxy between replicas and Redis
 
     @property
     def placements(self) -> dict[str, str]:
@@ -128,9 +120,16 @@ class ClusterOptions:
         return any(item in NEEDS_REDIS for item in self.placements.items())
 
     @property
+    def effective_balance(self) -> Balance:
+        """The balancing policy: as asked, else sticky for the stateful profile (its
+        in-memory sessions need it) and round-robin for the others."""
+        if self.balance is not None:
+            return self.balance
+        return "sticky" if self.profile is Profile.stateful else "roundrobin"
+
+    @property
     def sticky(self) -> bool:
-        # Sticky routing is what makes in-memory sessions usable at all.
-        return self.placements["session"] == "memory"
+        return self.effective_balance == "sticky"
 
     @property
     def worker_count(self) -> int:
@@ -154,126 +153,12 @@ class ClusterOptions:
             raise ClusterError(f"--replicas must be between 1 and {self.slots}", 400)
         if self.worker_count and self.placements["jobs"] != "queue":
             raise ClusterError("workers only have work with jobs=queue", 400)
-
-
-class EventLog:
-    """Append-only JSON lines with wall-clock timestamps, plus the recent ones in memory."""
-
-    def __init__(self, path: Path, keep: int = 2000) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", buffering=1, encoding="utf-8")
-        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
-        self._last_ts = 0.0
-        self._seq = 0
-
-    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Record ``event`` now; ``fields`` must be JSON-serialisable."""
-        # Strictly increasing timestamps: a reader polling with ``since=<last ts>``
-        # must not miss an event logged in the same millisecond as the previous one.
-        now = max(round(time.time(), 3), round(self._last_ts + 0.001, 3))
-        self._last_ts = now
-        self._seq += 1
-        record = {
-            "ts": now,
-            "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
-            "seq": self._seq,
-            "event": event,
-            **fields,
-        }
-        self._file.write(json.dumps(record) + "\n")
-        self.recent.append(record)
-        log.info("%s %s", event, fields)
-        return record
-
-    def since(self, ts: float = 0.0) -> list[dict[str, Any]]:
-        return [e for e in self.recent if e["ts"] > ts]
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def http_ok(port: int, path: str = "/readyz", timeout: float = 1.0) -> bool:
-    """Whether ``GET http://127.0.0.1:port/path`` answers 200."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-class Member(ManagedProcess):
-    """A process of the service itself (replica or worker): killable, restartable."""
-
-    def __init__(self, name: str, run_dir: Path, argv: list[str], env: dict[str, str]):
-        super().__init__(name, run_dir, argv, env=env)  # for a Replica: PortedProcess's
-        self.wanted = True  # should be running: self-heal restarts it if it dies
-        self.exit_reported = False
-        self.lock = asyncio.Lock()  # one lifecycle change at a time
-
-    def start(self) -> None:
-        super().start()
-        self.exit_reported = False
-
-
-class Replica(Member, PortedProcess):
-    """One ``statelab serve`` process on a port of its own (``--port`` is added to
-    ``argv``); ready when its ``/readyz`` answers 200.
-
-    Its port is movable: when another listener took it while the replica was down,
-    the replica starts on a new one and the supervisor re-points its HAProxy slot.
-    """
-
-    MOVABLE = True
-
-    def __init__(self, rid: str, run_dir: Path, argv: list[str], env: dict[str, str]):
-        super().__init__(rid, run_dir, argv, env)
-        self.seen_up = False  # HAProxy has seen it UP since its last start
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--port", str(self.port)]
-
-    def is_ready(self) -> bool:
-        return http_ok(self.port)
-
-    def start(self) -> None:
-        super().start()
-        self.seen_up = False
-
-
-class Worker(Member):
-    """One ``statelab worker`` process. It serves no port: ready once it has stayed
-    up long enough to have connected (a bad setting makes it exit at once)."""
-
-    SETTLE_SECONDS = 1.0
-
-    def is_ready(self) -> bool:
-        started = self.started_at or time.monotonic()
-        return self.alive and time.monotonic() - started >= self.SETTLE_SECONDS
-
-
-def _start_time(pid: int) -> int | None:
-    """The kernel's start time of live process ``pid`` (clock ticks since boot), to
-    tell it from a recycled PID; ``None`` when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    if fields[0] == "Z":  # dead, waiting for a parent that may never reap it
-        return None
-    return int(fields[19])
-
-
-def _signal_name(code: int | None) -> str | None:
-    if code is None or code >= 0:
-        return None
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return None
+        if self.balance not in (None, "roundrobin", "sticky"):
+            raise ClusterError("--balance must be roundrobin or sticky", 400)
+        if self.redis_persistence not in PERSISTENCE:
+            raise ClusterError(f"--redis-persistence must be one of {', '.join(PERSISTENCE)}", 400)
+        if self.redis_delay_proxy and not self.needs_redis:
+            raise ClusterError("--redis-delay-proxy: no placement of this cluster uses Redis", 400)
 
 
 class Cluster:
@@ -289,6 +174,8 @@ class Cluster:
         self._shop_port = options.port  # HAProxy's, chosen at preflight when 0
         self.events = EventLog(self.run_dir / EVENTS_FILE)
         self.redis: RedisServer | None = None
+        self.delay_proxy: DelayProxy | None = None
+        self.memory = MemoryLimit()
         self.postgres: PostgresServer | None = None
         self.database_url = ""
         self.replicas: dict[str, Replica] = {}
@@ -341,8 +228,11 @@ class Cluster:
         self.secret = self._secret()
         self.events.emit("cluster.starting", profile=opts.profile.value, replicas=opts.replicas)
         if opts.needs_redis:
-            self.redis = RedisServer(self.run_dir)
+            self.redis = RedisServer(self.run_dir, persistence=opts.redis_persistence)
             await self._launch(self.redis)
+            if opts.redis_delay_proxy:
+                self.delay_proxy = DelayProxy(self.run_dir, self.redis.port)
+                await self._launch(self.delay_proxy)
         self.database_url = await self._database()
         await self._migrate()
         for i in range(1, opts.replicas + 1):
@@ -374,9 +264,10 @@ class Cluster:
         # shutdown costs one drain period, not one per process.
         members = [*self.workers.values(), *self.replicas.values()]
         await asyncio.gather(*(asyncio.to_thread(m.stop, 20.0) for m in members))
-        for server in (self.postgres, self.redis):
+        for server in (self.postgres, self.delay_proxy, self.redis):
             if server is not None:
                 await asyncio.to_thread(server.stop)
+        self.memory.release()
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
         self.events.emit("cluster.stopped")
         self.events.close()
@@ -445,7 +336,7 @@ class Cluster:
         if done.returncode != 0:
             tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-10:])
             raise ServerError(f"statelab migrate failed; log {logfile}:\n{tail}")
-        self.events.emit("database.migrated", url=_redact(self.database_url))
+        self.events.emit("database.migrated", url=redact(self.database_url))
 
     # -- replicas --------------------------------------------------------------------
 
@@ -471,7 +362,8 @@ class Cluster:
         """What every replica and worker is told: the same profile and stores."""
         argv = ["--profile", self.options.profile.value, "--database-url", self.database_url]
         if self.redis is not None:
-            argv += ["--redis-url", self.redis.url]
+            proxy = self.delay_proxy
+            argv += ["--redis-url", proxy.url if proxy is not None else self.redis.url]
         for kind, placement in self.options.place.items():
             argv += ["--place", f"{kind}={placement}"]
         return argv
@@ -540,7 +432,7 @@ class Cluster:
                 self._lb().api.set_state(rid, "ready")
             self.save_state()
         if isinstance(member, Worker):
-            return {"id": rid, **_worker_status(member)}
+            return {"id": rid, **worker_status(member)}
         return self.replica_status(rid)
 
     async def drain(self, rid: str) -> dict[str, Any]:
@@ -648,6 +540,62 @@ class Cluster:
             self.events.emit("redis.restarted", target=redis.name, pid=redis.pid, seconds=took)
         return {"pid": redis.pid, "mode": mode, "seconds": took}
 
+    async def redis_stats(self) -> dict[str, Any]:
+        """Redis's used memory, keys and calls per command (``INFO``), for the lab."""
+        if self.redis is None:
+            raise ClusterError(f"profile {self.options.profile.value} runs without Redis")
+        client = Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=5)
+        try:
+            memory, commands, keys = (
+                await client.info("memory"),
+                await client.info("commandstats"),
+                await client.dbsize(),
+            )
+        except RedisError as exc:
+            raise ClusterError(f"Redis does not answer: {exc}", 503) from exc
+        finally:
+            await client.aclose()
+        return {
+            "used_memory": int(memory["used_memory"]),
+            "keys": int(keys),
+            "commandstats": {
+                name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in commands.items()
+            },
+        }
+
+    def set_redis_delay(self, ms: float) -> dict[str, Any]:
+        """Delay replica <-> Redis traffic by ``ms`` each way (needs the delay proxy)."""
+        if self.delay_proxy is None:
+            raise ClusterError(
+                "this cluster has no delay proxy (start it with --redis-delay-proxy)"
+            )
+        self.delay_proxy.set_delay(ms)
+        self.events.emit("redis.delay", target=self.delay_proxy.name, ms=ms)
+        return {"delay_ms": ms}
+
+    async def limit_memory(self, rid: str, limit_bytes: int) -> dict[str, Any]:
+        """Hold replica ``rid`` to ``limit_bytes`` from now on (a memory cgroup); past
+        it the kernel kills it, which the watcher reports as any other exit."""
+        replica = self.replica(rid)
+        if not replica.alive or replica.pid is None:
+            raise ClusterError(f"{rid} is not running")
+        await asyncio.to_thread(self.memory.limit, rid, replica.pid, limit_bytes)
+        self.events.emit("replica.memory_limit", target=rid, bytes=limit_bytes)
+        return self.replica_status(rid)
+
+    async def grant_admin(self, username: str) -> dict[str, Any]:
+        """Give a shop account the admin role (``statelab admin grant``)."""
+        argv = [*statelab_command(), "admin", "grant", username,
+                "--database-url", self.database_url]  # fmt: skip
+        done = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines()
+            raise ClusterError(said[-1] if said else "statelab admin grant failed", 400)
+        self.events.emit("admin.granted", target=username)
+        return {"username": username, "admin": True}
+
     # -- watching --------------------------------------------------------------------
 
     async def watch(self) -> None:
@@ -666,7 +614,7 @@ class Cluster:
             member.exit_reported = True
             code = member.returncode
             self.events.emit(
-                "process.exited", target=member.name, code=code, signal=_signal_name(code)
+                "process.exited", target=member.name, code=code, signal=signal_name(code)
             )
             member.stop()  # reap: pid file, stragglers
             if member.wanted and self.options.self_heal and not self._stopping:
@@ -739,6 +687,8 @@ class Cluster:
             "requests": stat.requests if stat else 0,
             "sessions": stat.sessions if stat else 0,
             "url": f"http://{LOOPBACK}:{replica.port}",
+            **proc_usage(replica.pid if replica.alive else None),
+            "memory_limit_bytes": self.memory.limit_of(replica.name),
         }
 
     def status(self) -> dict[str, Any]:
@@ -751,16 +701,26 @@ class Cluster:
             "control_url": self.control_url,
             "run_dir": str(self.run_dir),
             "self_heal": self.options.self_heal,
+            "balance": self.options.effective_balance,
             "placements": self.options.placements,
             "replicas": [
                 self._replica_status(r, stats.get(rid)) for rid, r in self.replicas.items()
             ],
-            "redis": _process_status(self.redis, url=self.redis.url if self.redis else None),
+            "redis": process_status(
+                self.redis,
+                url=self.redis.url if self.redis else None,
+                persistence=self.options.redis_persistence,
+                delay_proxy=(
+                    {"url": self.delay_proxy.url, "delay_ms": self.delay_proxy.delay_ms}
+                    if self.delay_proxy is not None
+                    else None
+                ),
+            ),
             "database": {
-                "url": _redact(self.database_url),
-                **(_process_status(self.postgres) or {}),
+                "url": redact(self.database_url),
+                **(process_status(self.postgres) or {}),
             },
-            "haproxy": _process_status(
+            "haproxy": process_status(
                 lb,
                 port=self.shop_port,
                 stats_socket=str(lb.cfg.socket_path) if lb else None,
@@ -770,7 +730,7 @@ class Cluster:
                 retries=sum(s.retries for s in stats.values()),
                 redispatches=sum(s.redispatches for s in stats.values()),
             ),
-            "workers": [{"id": w.name, **_worker_status(w)} for w in self.workers.values()],
+            "workers": [{"id": w.name, **worker_status(w)} for w in self.workers.values()],
         }
 
     def save_state(self) -> None:
@@ -778,7 +738,7 @@ class Cluster:
         procs: dict[str, dict[str, Any]] = {}
         for proc in self._processes():
             if proc.pid is not None and proc.alive:
-                procs[proc.name] = {"pid": proc.pid, "start_time": _start_time(proc.pid)}
+                procs[proc.name] = {"pid": proc.pid, "start_time": start_time(proc.pid)}
                 port = getattr(proc, "port", None)
                 if port is not None:
                     procs[proc.name]["port"] = port
@@ -787,11 +747,11 @@ class Cluster:
             "profile": self.options.profile.value,
             "shop_url": self.shop_url,
             "control_url": self.control_url,
-            "supervisor": {"pid": os.getpid(), "start_time": _start_time(os.getpid())},
+            "supervisor": {"pid": os.getpid(), "start_time": start_time(os.getpid())},
             "run_dir": str(self.run_dir),
             "events": str(self.events.path),
             "logs": str(self.run_dir / "logs"),
-            "database_url": _redact(self.database_url),
+            "database_url": redact(self.database_url),
             "redis_url": self.redis.url if self.redis else None,
             "processes": procs,
         }
@@ -800,157 +760,8 @@ class Cluster:
         tmp.replace(self.run_dir / STATE_FILE)
 
     def _processes(self) -> Iterator[ManagedProcess]:
-        for proc in (self.redis, self.postgres, self.haproxy):
+        for proc in (self.redis, self.delay_proxy, self.postgres, self.haproxy):
             if proc is not None:
                 yield proc
         yield from self.replicas.values()
         yield from self.workers.values()
-
-
-def replica_state(replica: Replica, stat: ServerStat | None) -> str:
-    """``up``, ``down``, ``draining`` or ``starting``, as HAProxy sees the replica."""
-    if stat is None or stat.admin == "maint":
-        return "starting" if replica.alive and stat is None else "down"
-    if stat.admin == "drain":
-        return "draining"
-    if stat.status.startswith(("UP", "no check")):
-        return "up"
-    # HAProxy says DOWN: a process that has not passed its first checks is starting.
-    return "starting" if replica.alive and not replica.seen_up else "down"
-
-
-def _worker_status(worker: Worker) -> dict[str, Any]:
-    return _process_status(worker) or {}
-
-
-def _process_status(proc: ManagedProcess | None, **extra: Any) -> dict[str, Any] | None:
-    if proc is None:
-        return None
-    return {
-        "name": proc.name,
-        "pid": proc.pid if proc.alive else None,
-        "state": "up" if proc.alive else "down",
-        **extra,
-    }
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for logs and status."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in creds:
-        return url
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-
-
-def statelab_command() -> list[str]:
-    """How to run our own CLI in a child process, whatever the install."""
-    return [sys.executable, "-m", "statelab"]
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    """The ``cluster.json`` of ``run_dir``, or ``None`` when there is none."""
-    try:
-        data: dict[str, Any] = json.loads((run_dir / STATE_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    return data
-
-
-def _same_process(entry: dict[str, Any]) -> bool:
-    pid = entry.get("pid")
-    return isinstance(pid, int) and _start_time(pid) == entry.get("start_time") is not None
-
-
-def reap_stale(run_dir: Path) -> list[str]:
-    """Refuse to start over a live cluster; kill what a crashed supervisor left.
-
-    A process is only killed when its PID *and* kernel start time match what we
-    recorded, so a recycled PID is never touched.
-    """
-    state = read_state(run_dir)
-    if state is None:
-        return []
-    supervisor = state.get("supervisor", {})
-    if _same_process(supervisor):
-        raise ClusterError(
-            f"a cluster is already running from {run_dir} (supervisor pid "
-            f"{supervisor['pid']}); stop it first or use another --run-dir"
-        )
-    killed = {}
-    for name, entry in state.get("processes", {}).items():
-        if _same_process(entry):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(entry["pid"], signal.SIGKILL)
-            killed[name] = entry
-    # Their ports must be free before we start again: wait until they are gone.
-    deadline = time.monotonic() + 5.0
-    while any(_same_process(e) for e in killed.values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (run_dir / STATE_FILE).unlink(missing_ok=True)
-    return list(killed)
-
-
-# -- running it: what ``statelab up`` calls ------------------------------------------------
-
-
-def run_cluster(options: ClusterOptions, say: Callable[[str], None] = print) -> None:
-    """Start a cluster, serve its control API, and stop everything on SIGINT/SIGTERM."""
-    asyncio.run(_run(options, say))
-
-
-async def _run(options: ClusterOptions, say: Callable[[str], None]) -> None:
-    from statelab.cluster.control import ControlServer
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    cluster = Cluster(options)
-    control: ControlServer | None = None
-    try:
-        if not await _until_stopped(cluster.start(), stop):
-            return
-        control = ControlServer(cluster)
-        await control.start()
-        cluster._spawn(cluster.watch())
-        say(banner(cluster))
-        await stop.wait()
-        say("statelab: stopping the cluster")
-    finally:
-        if control is not None:
-            await control.stop()
-        await cluster.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:
-    """Run ``work`` unless ``stop`` is set first; ``True`` when it completed."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task in done:
-        task.result()  # re-raise a start failure
-        return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, ServerError):
-        await task
-    return False
-
-
-def banner(cluster: Cluster) -> str:
-    opts = cluster.options
-    run_dir = cluster.run_dir
-    return "\n".join(
-        [
-            f"statelab: {opts.replicas} replica(s), profile {opts.profile.value}, "
-            f"{'sticky' if opts.sticky else 'round-robin'} load balancing, "
-            f"{opts.worker_count} job worker(s)",
-            f"  shop     {cluster.shop_url}",
-            f"  control  {cluster.control_url}   (statelab cluster status --run-dir {run_dir})",
-            f"  logs     {run_dir / 'logs'}/   events {run_dir / EVENTS_FILE}",
-            "Ctrl-C stops everything.",
-        ]
-    )

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from statelab.cluster.cgroups import CpuQuota
 from statelab.cluster.servers import MissingBinary, PortedProcess, RedisServer
 from statelab.db.migrate import upgrade
 
@@ -134,71 +135,16 @@ def _stack(run_dir: Path) -> Iterator[RedisServer]:
         yield redis
 
 
-class CpuQuota:
-    """One CPU-limited cgroup per replica, so a replica's throughput cannot grow by
-    taking the cores the others would use. cgroup v1 (``cpu`` hierarchy) or v2."""
-
-    def __init__(self, share: float) -> None:
-        self.share = share
-        self.groups: list[Path] = []
-        v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
-        if (v1 / "cpu.cfs_quota_us").exists() and os.access(v1, os.W_OK):
-            self.root: Path | None = v1
-        elif "cpu" in _read(v2 / "cgroup.controllers") and os.access(v2, os.W_OK):
-            self.root = v2
-        else:
-            self.root = None
-
-    @property
-    def note(self) -> str:
-        if self.root is None:
-            return "no writable cgroup: replicas share all cores (the curve flattens early)"
-        version = "v1" if self.root.name == "cpu" else "v2"
-        return f"each replica limited to {self.share} CPU (cgroup {version} cpu quota)"
-
-    def limit(self, name: str, pid: int) -> None:
-        if self.root is None:
-            return
-        group = self.root / f"statelab-bench-{os.getpid()}-{name}"
-        group.mkdir(exist_ok=True)
-        period = 100_000
-        if self.root.name == "cpu":
-            (group / "cpu.cfs_period_us").write_text(str(period))
-            (group / "cpu.cfs_quota_us").write_text(str(int(period * self.share)))
-        else:
-            (group / "cpu.max").write_text(f"{int(period * self.share)} {period}")
-        (group / "cgroup.procs").write_text(str(pid))
-        self.groups.append(group)
-
-    def release(self) -> None:
-        """Move our processes back to the root group and remove the groups."""
-        for group in self.groups:
-            assert self.root is not None
-            for pid in _read(group / "cgroup.procs").split():
-                with contextlib.suppress(OSError):  # the process is gone
-                    (self.root / "cgroup.procs").write_text(pid)
-            with contextlib.suppress(OSError):
-                group.rmdir()
-        self.groups.clear()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
 def scale_out_curve(
     run_root: Path, replicas: range, seconds: int, connections: int, share: float = 0.4
 ) -> tuple[list[dict[str, float]], str]:
     """Requests/s through HAProxy for each replica count, each replica CPU-limited."""
-    from statelab.lab.deployment import Deployment
+    from statelab.lab.deployment import LocalDeployment
 
     quota = CpuQuota(share)
     curve = []
     for n in replicas:
-        with Deployment(run_root / f"scale-{n}", "stateless", replicas=n) as deployment:
+        with LocalDeployment(run_root / f"scale-{n}", "stateless", replicas=n) as deployment:
             status = deployment.control.status()
             try:
                 for replica in status["replicas"]:

@@ -177,7 +177,9 @@ def judge_c3(r: _Reader) -> Judgement:
     sticky = r.need("sticky-skew", "sticky")
     rr = r.need("sticky-skew", "roundrobin")
     rr_by_size = {s["size"]: s for s in _m(rr, "sizes")}
-    holds, fails, parts = [], [], []
+    holds: list[int] = []
+    fails: list[int] = []
+    parts: list[str] = []
     for s in _m(sticky, "sizes"):
         other = rr_by_size.get(s["size"])
         if other is None:

@@ -57,16 +57,19 @@ def timeline(run: Run) -> Figure | None:
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     ok = [(r[0] - t0, max(r[3], 0.1)) for r in run.timeline.requests if 200 <= r[1] < 400]
     bad = [(r[0] - t0, max(r[3], 0.1)) for r in run.timeline.requests if not 200 <= r[1] < 400]
-    if ok:
-        ax.scatter(*zip(*ok, strict=True), s=4, c="#16a34a", label="answered 2xx/3xx")
-    if bad:
-        ax.scatter(*zip(*bad, strict=True), s=6, c="#dc2626", label="4xx, 5xx or no answer")
+    for dots, size, colour, label in (
+        (ok, 4, "#16a34a", "answered 2xx/3xx"),
+        (bad, 6, "#dc2626", "4xx, 5xx or no answer"),
+    ):
+        if dots:
+            ax.scatter([t for t, _ in dots], [ms for _, ms in dots], s=size, c=colour, label=label)
     marked: set[str] = set()
     for e in run.timeline.events:
         if e["event"] in BREAKS and e["t"] >= t0:
-            label = f"{e['event']}" if e["event"] not in marked else None
+            first = e["event"] not in marked
             marked.add(e["event"])
-            ax.axvline(e["t"] - t0, color="#6b7280", linestyle="--", linewidth=1, label=label)
+            ax.axvline(e["t"] - t0, color="#6b7280", linestyle="--", linewidth=1,
+                       label=e["event"] if first else None)  # fmt: skip
             where = (e["t"] - t0, 1)
             ax.annotate(str(e.get("target", "")), where, xycoords=("data", "axes fraction"),
                         fontsize=7, ha="left", va="top")  # fmt: skip

@@ -96,7 +96,10 @@ async def _through_each(
 async def _presence(ctx: Context, chatters: list[Chatter]) -> tuple[bool, dict[str, int]]:
     names = {c.shopper.name for c in chatters}
     seen = await _through_each(ctx, chatters[0].shopper, "/api/chat/online")
-    listed = {rid: set(a["users"]) if a else set() for rid, a in seen.items()}  # type: ignore[arg-type]
+    listed: dict[str, set[str]] = {
+        rid: {str(u) for u in a["users"]} if a else set()  # type: ignore[attr-defined]
+        for rid, a in seen.items()
+    }
     return all(names <= users for users in listed.values()), {
         rid: len(users & names) for rid, users in listed.items()
     }

@@ -1,0 +1,154 @@
+"""Control groups for the lab: a CPU quota (the bench's scale-out curve) and a memory
+limit (the memory scenario) for one process at a time.
+
+Only what the kernel offers writable is used: cgroup v1 hierarchies
+(``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/memory``) or the v2 unified one. Where
+neither is writable (not root, or a container that hides them), ``CgroupError``
+says so in one line, and the caller decides whether it can go without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from statelab.cluster.runfolder import ClusterError
+
+V1 = Path("/sys/fs/cgroup")
+V2 = Path("/sys/fs/cgroup")
+
+
+class CgroupError(ClusterError):
+    """The controller a limit needs is missing or not writable here."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 501)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _v1(controller: str, probe: str) -> Path | None:
+    root = V1 / controller
+    return root if (root / probe).exists() and os.access(root, os.W_OK) else None
+
+
+def _v2(controller: str) -> Path | None:
+    return (
+        V2
+        if controller in _read(V2 / "cgroup.controllers").split() and os.access(V2, os.W_OK)
+        else None
+    )
+
+
+class _Groups:
+    """Groups made under one hierarchy, each holding processes moved into it."""
+
+    def __init__(self, root: Path | None, prefix: str) -> None:
+        self.root = root
+        self.prefix = prefix
+        self.groups: dict[str, Path] = {}
+
+    def make(self, name: str) -> Path:
+        assert self.root is not None
+        group = self.root / f"{self.prefix}-{os.getpid()}-{name}"
+        group.mkdir(exist_ok=True)
+        self.groups[name] = group
+        return group
+
+    def release(self) -> None:
+        """Move what is left back to the root group and remove the groups."""
+        for group in self.groups.values():
+            assert self.root is not None
+            for pid in _read(group / "cgroup.procs").split():
+                with contextlib.suppress(OSError):  # the process is gone
+                    (self.root / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups.clear()
+
+
+class CpuQuota(_Groups):
+    """One CPU-limited cgroup per process, so a replica's throughput cannot grow by
+    taking the cores the others would use."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(_v1("cpu", "cpu.cfs_quota_us") or _v2("cpu"), "statelab-cpu")
+        self.share = share
+
+    @property
+    def note(self) -> str:
+        if self.root is None:
+            return "no writable cgroup: replicas share all cores (the curve flattens early)"
+        version = "v1" if self.root.name == "cpu" else "v2"
+        return f"each replica limited to {self.share} CPU (cgroup {version} cpu quota)"
+
+    def limit(self, name: str, pid: int) -> None:
+        if self.root is None:
+            return
+        group = self.make(name)
+        period = 100_000
+        if self.root.name == "cpu":
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(int(period * self.share)))
+        else:
+            (group / "cpu.max").write_text(f"{int(period * self.share)} {period}")
+        (group / "cgroup.procs").write_text(str(pid))
+
+
+class MemoryLimit(_Groups):
+    """A memory limit per process: past it the kernel reclaims, then kills it.
+
+    The process's memory moves into the group with it (``move_charge_at_immigrate``
+    on v1), so the limit counts what it holds already, not only what it takes next.
+    There is no swap to spill into (``memsw`` is capped too where it exists)."""
+
+    def __init__(self) -> None:
+        super().__init__(_v1("memory", "memory.limit_in_bytes") or _v2("memory"), "statelab-mem")
+
+    def limit(self, name: str, pid: int, limit_bytes: int) -> None:
+        if self.root is None:
+            raise CgroupError(
+                "no writable memory cgroup (cgroup v1 /sys/fs/cgroup/memory or v2 with the "
+                "memory controller): a memory limit needs root on such a machine"
+            )
+        group = self.groups.get(name) or self.make(name)
+        try:
+            if self.root.name == "memory":
+                (group / "memory.move_charge_at_immigrate").write_text("3")
+                (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+                memsw = group / "memory.memsw.limit_in_bytes"
+                if memsw.exists():
+                    memsw.write_text(str(limit_bytes))
+            else:
+                (group / "memory.max").write_text(str(limit_bytes))
+                (group / "memory.swap.max").write_text("0")
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise ClusterError(
+                f"could not hold {name} (pid {pid}) to {limit_bytes} bytes: {exc} (is the "
+                "limit below what it holds already?)",
+                409,
+            ) from exc
+
+    def limit_of(self, name: str) -> int | None:
+        """The limit a process was given (None: none)."""
+        group = self.groups.get(name)
+        if group is None or self.root is None:
+            return None
+        value = _read(group / ("memory.limit_in_bytes" if self.root.name == "memory"
+                               else "memory.max")).strip()  # fmt: skip
+        return int(value) if value.isdigit() else None
+
+    def usage(self, name: str) -> int | None:
+        group = self.groups.get(name)
+        if group is None or self.root is None:
+            return None
+        value = _read(group / ("memory.usage_in_bytes" if self.root.name == "memory"
+                               else "memory.current"))  # fmt: skip
+        return int(value) if value.strip() else None
