@@ -25,10 +25,24 @@ def test_only_placements_that_need_redis_start_it() -> None:
     assert ClusterOptions(profile=Profile.stateful, place={"cart": "redis"}).needs_redis
 
 
-def test_sticky_routing_follows_the_session_placement() -> None:
+def test_balancing_is_its_own_knob() -> None:
+    """Sticky by default for the stateful profile only; --balance changes it alone."""
     assert ClusterOptions(profile=Profile.stateful).sticky
     assert not ClusterOptions(profile=Profile.stateless).sticky
-    assert not ClusterOptions(profile=Profile.stateful, place={"session": "jwt"}).sticky
+    assert ClusterOptions(profile=Profile.stateful, place={"session": "jwt"}).sticky
+    sticky_redis = ClusterOptions(profile=Profile.stateless, balance="sticky")
+    assert sticky_redis.sticky and sticky_redis.placements["session"] == "redis"
+    memory_rr = ClusterOptions(profile=Profile.stateful, balance="roundrobin")
+    assert not memory_rr.sticky and memory_rr.placements["session"] == "memory"
+    with pytest.raises(ClusterError, match="roundrobin or sticky"):
+        ClusterOptions(balance="random").check()  # type: ignore[arg-type]
+
+
+def test_redis_options_are_checked() -> None:
+    with pytest.raises(ClusterError, match="off, everysec, always"):
+        ClusterOptions(redis_persistence="sometimes").check()
+    with pytest.raises(ClusterError, match="uses Redis"):
+        ClusterOptions(profile=Profile.stateful, redis_delay_proxy=True).check()
 
 
 def test_workers_only_when_jobs_are_queued() -> None:

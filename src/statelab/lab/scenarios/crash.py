@@ -58,7 +58,9 @@ async def play_pizza(ctx: Context) -> Played:
         home = alice.last_served_by
         killed_at = time.monotonic()
         await ctx.deployment.kill(home)
-        survived = await alice.logged_in()
+        # Her next few requests, wherever the load balancer sends them: one answered
+        # "who are you?" is a lost session (round-robin reaches every survivor).
+        survived = all([await alice.logged_in() for _ in range(3)])
         if not survived:  # what a real user does: log in again (accounts are in SQL)
             await retrying(alice.login, 15)
         first_ok = time.monotonic() - killed_at
@@ -82,7 +84,10 @@ async def play_pizza(ctx: Context) -> Played:
             logout_all_refused_everywhere=revoked,
             failed_requests=ctx.log.failed(),
         )
-        invariants = {"checkout succeeds after the crash": checkout == 201}
+        invariants = {}
+        if not ctx.local("session") or ctx.status.get("balance") == "sticky":
+            # Memory sessions behind round-robin never hold long enough to pay.
+            invariants["checkout succeeds after the crash"] = checkout == 201
         if not ctx.local("session"):
             invariants["session survived the crash"] = survived
         if not ctx.local("session") and not ctx.local("cart"):
