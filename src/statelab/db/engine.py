@@ -43,5 +43,16 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class StatementCount:
+    """How many SQL statements an engine has sent: the lab's store round trips."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.value = 0
+        event.listen(engine.sync_engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.value += 1
+
+
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -19,11 +19,14 @@ Shape of a run id: ``<scenario>/<variant label>``, e.g. ``pizza/stateful`` or
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import httpx
 
 from statelab.lab.deployment import Deployment, LocalDeployment
 from statelab.lab.shopper import Log, Shopper
@@ -256,6 +259,27 @@ async def run_variant(
 
 
 # -- small tools the scenarios share ------------------------------------------------------
+
+_STORE_CALLS = re.compile(
+    r'^statelab_store_calls_total\{[^}]*store="(\w+)"[^}]*\} ([\d.e+]+)$', re.M
+)
+
+
+async def store_calls(deployment: Deployment) -> dict[str, float]:
+    """What every replica that is up has sent its stores so far (Redis commands over
+    the request path, SQL statements), summed from their ``/metrics``."""
+    from statelab.lab.deployment import replica_urls
+
+    totals: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url in (await replica_urls(deployment)).values():
+            try:
+                text = (await client.get(f"{url}/metrics")).text
+            except httpx.TransportError:
+                continue
+            for store, value in _STORE_CALLS.findall(text):
+                totals[store] = totals.get(store, 0.0) + float(value)
+    return totals
 
 
 async def closing(*shoppers: Shopper) -> None:

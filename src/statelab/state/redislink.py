@@ -128,6 +128,7 @@ class RedisLink:
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self.commands = 0  # sent so far (each command of a batch or transaction counts)
 
     @classmethod
     def from_url(cls, url: str, **options: float) -> RedisLink:
@@ -196,6 +197,7 @@ class RedisLink:
             await self._connect()
         waiter = _Waiter(loop.create_future(), count, time.monotonic() + self._timeout)
         self._outgoing.extend(_pack(c) for c in commands)
+        self.commands += len(commands)
         self._waiters.append(waiter)
         if not self._flush_scheduled:
             self._flush_scheduled = True

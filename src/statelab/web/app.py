@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -10,7 +10,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from statelab.config import Settings
-from statelab.state import open_stores
+from statelab.db.engine import StatementCount
+from statelab.state import Stores, open_stores
 from statelab.state.ledger import sweeping
 from statelab.web import auth, chat, files, openapi, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
@@ -26,6 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.stores = stores
             stores.jobs.attach(partial(perform_job, stores))  # where jobs=inprocess runs them
             app.state.draining = False
+            app.state.metrics.watch(_store_calls(stores))
             sweeper = sweeping(stores.ledger, settings.idempotency_ttl_seconds)  # expired keys
             async with chat.running(app, stores), sweeper:  # sockets' hub, subscriber, heartbeat
                 yield
@@ -62,3 +64,13 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def _too_large(_: Request, exc: Exception) -> Response:
     return problems.problem(413, "Payload too large", str(exc))
+
+
+def _store_calls(stores: Stores) -> dict[str, Callable[[], int]]:
+    """Counters of what the request path sends each store."""
+    sql = StatementCount(stores.engine)
+    counters: dict[str, Callable[[], int]] = {"sql": lambda: sql.value}
+    link = stores.link
+    if link is not None:
+        counters["redis"] = lambda: link.commands
+    return counters

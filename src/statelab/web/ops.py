@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,6 +16,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,6 +91,30 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+
+    def watch(self, counters: dict[str, Callable[[], int]]) -> None:
+        """Export the stores' call counters (see ``StoreCalls``)."""
+        self.registry.register(StoreCalls(self.replica, counters))
+
+
+class StoreCalls:
+    """Counts of what the request path sent its stores (SQL statements, Redis commands
+    over the request-path link), exported as ``statelab_store_calls_total``: the lab
+    divides their growth by requests to get store round trips per request."""
+
+    def __init__(self, replica_id: str, counters: dict[str, Callable[[], int]]) -> None:
+        self.replica = replica_id
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "statelab_store_calls",
+            "Commands and statements sent to stores",
+            labels=["replica", "store"],
+        )
+        for store, read in self.counters.items():
+            family.add_metric([self.replica, store], read())
+        yield family
 
 
 JSON_ONLY_PREFIX = "/api/"

@@ -3,8 +3,8 @@
 The cart workload (wrk, logged-in users through the load balancer) first saturates
 the stateful profile — its rate is the yardstick — then runs paced at a quarter, a
 half and three quarters of it in every variant: p50, p99 and the latency CDF at
-each level, and the store round trips behind each request (Redis commands from the
-server's own ``INFO commandstats``, SQL statements from the replicas' counters).
+each level, and the store calls behind each request (Redis commands over the
+request path's link, SQL statements; both from the replicas' own counters).
 
 The ``delayed`` variant puts a delaying TCP proxy between the replicas and Redis
 (this kernel has no ``netem``) and measures at 0, 0.25 and 1 ms each way: the 0 ms
@@ -14,16 +14,12 @@ run is the control for the delay, through the same proxy.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from pathlib import Path
-from typing import Any, TypedDict
-
-import httpx
+from typing import TypedDict
 
 from statelab.lab import load
-from statelab.lab.deployment import replica_urls
-from statelab.lab.framework import Context, Knob, Played, Scenario, Variant
+from statelab.lab.framework import Context, Knob, Played, Scenario, Variant, store_calls
 
 SHARES = (0.25, 0.5, 0.75)
 
@@ -53,36 +49,13 @@ def _delays(value: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value.split(","))
 
 
-async def _sql_statements(ctx: Context) -> float:
-    total = 0.0
-    async with httpx.AsyncClient(timeout=10) as client:
-        for url in (await replica_urls(ctx.deployment)).values():
-            text = (await client.get(f"{url}/metrics")).text
-            for value in re.findall(r"^statelab_sql_statements_total\S* ([\d.e+]+)$", text, re.M):
-                total += float(value)
-    return total
-
-
-async def _redis_commands(ctx: Context) -> float:
-    if not any(r["name"] == "redis" for r in _stores(await ctx.deployment.status())):
-        return 0.0
-    stats = await ctx.deployment.redis_stats()
-    # The lab's own reads of the stats and the supervisor's probes are not requests.
-    skip = {"info", "ping", "config", "client", "hello"}
-    return float(sum(n for cmd, n in stats.get("commandstats", {}).items() if cmd not in skip))
-
-
-def _stores(status: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in (status.get("redis"),) if s]
-
-
 async def _level(
     ctx: Context, users: Path, share: float, saturation: float, delay: float, seconds: float
 ) -> Level:
-    redis0, sql0 = await _redis_commands(ctx), await _sql_statements(ctx)
+    before = await store_calls(ctx.deployment)
     target = share * saturation
     result = await asyncio.to_thread(load.paced, ctx.url, users, target, seconds)
-    redis1, sql1 = await _redis_commands(ctx), await _sql_statements(ctx)
+    after = await store_calls(ctx.deployment)
     # The calibration probe ran too: count per request over both runs' requests.
     requests = max(1, result.requests + round(result.rps))
     return Level(
@@ -94,9 +67,13 @@ async def _level(
         p99_ms=result.p99_ms,
         errors=result.errors,
         cdf_ms=result.cdf_ms,
-        redis_commands_per_request=round((redis1 - redis0) / requests, 2),
-        sql_statements_per_request=round((sql1 - sql0) / requests, 2),
+        redis_commands_per_request=_per(after, before, "redis", requests),
+        sql_statements_per_request=_per(after, before, "sql", requests),
     )
+
+
+def _per(after: dict[str, float], before: dict[str, float], store: str, requests: int) -> float:
+    return round((after.get(store, 0.0) - before.get(store, 0.0)) / requests, 2)
 
 
 async def play_latency(ctx: Context) -> Played:
