@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -293,6 +294,42 @@ def worker(
         run_worker(settings, worker_id, concurrency)
     except (NotMigrated, ConfigError) as exc:
         raise fail(str(exc)) from exc
+
+
+# -- roles: `statelab admin grant|revoke` ---------------------------------------------
+
+admin_app = typer.Typer(
+    no_args_is_help=True, help="Grant or revoke the admin role (changes prices in the shop)."
+)
+app.add_typer(admin_app, name="admin")
+
+
+def _set_role(username: str, database_url: str | None, *, admin: bool) -> None:
+    from statelab.db.migrate import NotMigrated, check_migrated
+    from statelab.domain.errors import StatelabError
+    from statelab.state.users import change_role
+
+    _logging("WARNING")
+    url = database_url or Settings.model_fields["database_url"].default
+    try:
+        database_url_async(url)
+        asyncio.run(check_migrated(url))
+        user = asyncio.run(change_role(url, username, admin=admin))
+    except (ConfigError, NotMigrated, StatelabError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"{user.username} is {'now' if admin else 'no longer'} an admin")
+
+
+@admin_app.command("grant")
+def admin_grant(username: str, database_url: DatabaseOpt = None) -> None:
+    """Give an account the admin role; it holds from the account's next request."""
+    _set_role(username, database_url, admin=True)
+
+
+@admin_app.command("revoke")
+def admin_revoke(username: str, database_url: DatabaseOpt = None) -> None:
+    """Take the admin role away; admin routes refuse the account from its next request."""
+    _set_role(username, database_url, admin=False)
 
 
 # -- the cluster: `statelab up` and `statelab cluster ...` ------------------------------

@@ -33,6 +33,7 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
     "files": ("disk", "objects"),
     "jobs": ("inprocess", "queue"),
     "ratelimit": ("memory", "redis"),
+    "cache": ("memory", "redis"),
 }
 
 PROFILES: dict[Profile, dict[str, str]] = {
@@ -44,6 +45,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "files": "disk",
         "jobs": "inprocess",
         "ratelimit": "memory",
+        "cache": "memory",
     },
     Profile.stateless: {
         "session": "redis",
@@ -53,6 +55,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "files": "objects",
         "jobs": "queue",
         "ratelimit": "redis",
+        "cache": "redis",
     },
     Profile.token: {
         "session": "jwt",
@@ -62,6 +65,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "files": "objects",
         "jobs": "queue",
         "ratelimit": "redis",
+        "cache": "redis",
     },
 }
 
@@ -74,6 +78,7 @@ NEEDS_REDIS: frozenset[tuple[str, str]] = frozenset(
         ("chat", "redis"),
         ("jobs", "queue"),
         ("ratelimit", "redis"),
+        ("cache", "redis"),
     }
 )
 
@@ -198,6 +203,9 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: int = 5
     job_timeout_seconds: int = 120
     job_hold_seconds: float = 0.0
+    # The menu cache (cache placement): how old a replica's own copy may get before
+    # it is reloaded (memory), or the shared copy's TTL, a backstop (redis).
+    cache_ttl_seconds: float = Field(default=30.0, gt=0, le=24 * 3600)
 
     @field_validator("secret_key")
     @classmethod

@@ -96,7 +96,11 @@ async def paid_order(client: httpx.AsyncClient, headers: dict[str, str], tag: st
     assert r.status_code == 200, r.text
     r = await client.post("/api/cart/items", json={"item_id": 1, "quantity": 2}, headers=headers)
     assert r.status_code == 200, r.text
-    r = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": f"pay-{tag}"})
+    r = await client.post(
+        "/api/checkout",
+        json={"expected_total_cents": 1800},
+        headers={**headers, "Idempotency-Key": f"pay-{tag}"},
+    )
     assert r.status_code == 201, r.text
     order_id: int = r.json()["id"]
     return order_id

@@ -143,7 +143,11 @@ async def test_pages_show_the_logged_in_users_state(stateful: httpx.AsyncClient)
     await stateful.post("/api/account/top-up", json={"amount_cents": 5000}, headers=idem)
     assert 'data-testid="balance">€50.00<' in (await stateful.get("/account")).text
 
-    paid = await stateful.post("/api/checkout", headers={**headers, "Idempotency-Key": "c1"})
+    paid = await stateful.post(
+        "/api/checkout",
+        json={"expected_total_cents": 2200},
+        headers={**headers, "Idempotency-Key": "c1"},
+    )
     assert paid.status_code == 201, paid.text
     orders = (await stateful.get("/orders")).text
     assert f"Order #{paid.json()['id']}" in orders

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Browser, BrowserContext, ElementHandle, Page, expect
@@ -15,6 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, ElementHandle, Page, ex
 from statelab.worker import THUMBNAIL_SIZE
 from tests.cluster.conftest import RunningCluster
 from tests.ui.support import (
+    PASSWORD,
     WAIT_MS,
     alice_orders_a_pizza,
     kill_and_reload,
@@ -135,6 +137,45 @@ def test_uploaded_photo_shows_its_thumbnail(
     page.wait_for_function(
         "img => img.complete && img.naturalWidth > 0", arg=again.element_handle()
     )
+
+
+def _set_price(cluster: RunningCluster, admin: str, price_cents: int) -> None:
+    """Change the Margherita's price as an admin, through the shop's JSON API."""
+    with httpx.Client(base_url=cluster.shop_url, timeout=WAIT_MS / 1000) as client:
+        creds = {"username": admin, "password": PASSWORD}
+        client.post("/api/auth/register", json=creds)
+        cluster.control.grant_admin(admin)
+        login = client.post("/api/auth/login", json=creds)
+        assert login.status_code == 200, login.text
+        headers = {"X-CSRF-Token": login.json()["csrf_token"]}
+        r = client.put("/api/admin/menu/1", json={"price_cents": price_cents}, headers=headers)
+        assert r.status_code == 200, r.text
+
+
+def test_checkout_shows_a_changed_price_instead_of_charging_it(
+    stateless: RunningCluster, context: BrowserContext
+) -> None:
+    page = context.new_page()
+    register(page, stateless.shop_url, new_username("paula"), then="/account")
+    page.get_by_label("Top up (€)").fill("50")
+    page.get_by_role("button", name="Top up").click()
+    expect(page.get_by_test_id("balance")).to_have_text("€50.00")
+    page.goto(f"{stateless.shop_url}/menu")
+    page.get_by_role("button", name="Add Margherita to the cart").click()
+    page.get_by_text("Added Margherita to the cart.").wait_for()
+    page.goto(f"{stateless.shop_url}/cart")
+    expect(page.get_by_test_id("cart-total")).to_have_text("€9.00")
+
+    admin = new_username("boss")
+    _set_price(stateless, admin, 1000)
+    try:
+        page.get_by_test_id("checkout").click()
+        expect(page.locator(".message.error")).to_contain_text("it now costs €10.00")
+        expect(page.get_by_test_id("cart-total")).to_have_text("€10.00")
+        page.get_by_test_id("checkout").click()
+        expect(page.locator(".message.ok")).to_contain_text("paid: €10.00. Balance now €40.00")
+    finally:
+        _set_price(stateless, admin, 900)  # the module's other tests expect the seed
 
 
 def test_stateless_cart_and_login_survive_a_killed_replica(

@@ -137,7 +137,11 @@ async def test_ledger_contract(shop: ShopFactory, overrides: dict[str, object]) 
         ).status_code == 422
 
     await client.post("/api/cart/items", json={"item_id": 4, "quantity": 1}, headers=headers)
-    paid = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": "c1"})
+    paid = await client.post(
+        "/api/checkout",
+        json={"expected_total_cents": 1100},
+        headers={**headers, "Idempotency-Key": "c1"},
+    )
     assert paid.status_code == 201
     order = paid.json()
     assert order["total_cents"] == 1100
@@ -170,12 +174,19 @@ async def test_idempotency_keys(shop: ShopFactory, overrides: dict[str, object])
     assert (await client.get("/api/account", headers=headers)).json() == {"balance_cents": 100}
     assert (await top_up("k2", 200)).json() == {"balance_cents": 300}
 
-    empty = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": "e"})
+    async def checkout(expected: int) -> httpx.Response:
+        return await client.post(
+            "/api/checkout",
+            json={"expected_total_cents": expected},
+            headers={**headers, "Idempotency-Key": "e"},
+        )
+
+    empty = await checkout(250)
     assert empty.status_code == 409
     await client.post("/api/cart/items", json={"item_id": 11, "quantity": 1}, headers=headers)
-    paid = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": "e"})
+    paid = await checkout(250)
     assert paid.status_code == 201, "an empty-cart refusal must not use up the key"
-    replay = await client.post("/api/checkout", headers={**headers, "Idempotency-Key": "e"})
+    replay = await checkout(250)
     assert replay.status_code == 201
     assert replay.json() == paid.json()
     assert (await client.get("/api/account", headers=headers)).json() == {"balance_cents": 50}

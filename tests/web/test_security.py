@@ -185,7 +185,13 @@ async def test_no_reading_another_users_orders_or_cart(shop: ShopFactory, profil
     await alice.post(
         "/api/account/top-up", json={"amount_cents": 2000}, headers={**a, "Idempotency-Key": "t"}
     )
-    order = (await alice.post("/api/checkout", headers={**a, "Idempotency-Key": "c"})).json()
+    order = (
+        await alice.post(
+            "/api/checkout",
+            json={"expected_total_cents": 1150},
+            headers={**a, "Idempotency-Key": "c"},
+        )
+    ).json()
     assert (await mallory.get(f"/api/orders/{order['id']}", headers=m)).status_code == 404
     assert (await mallory.get("/api/orders", headers=m)).json()["orders"] == []
     await alice.post("/api/cart/items", json={"item_id": 3, "quantity": 1}, headers=a)

@@ -28,7 +28,11 @@ async def test_shared_stores_serve_from_any_replica(shop: ShopFactory, profile: 
     cart = (await r2.get("/api/cart", headers=headers)).json()
     assert cart["items"][0]["quantity"] == 2
     assert (await r2.get("/api/account", headers=headers)).json() == {"balance_cents": 5000}
-    paid = await r2.post("/api/checkout", headers={**headers, "Idempotency-Key": "c"})
+    paid = await r2.post(
+        "/api/checkout",
+        json={"expected_total_cents": 1500},
+        headers={**headers, "Idempotency-Key": "c"},
+    )
     assert paid.status_code == 201
     assert (await r1.get("/api/orders", headers=headers)).json()["orders"][0]["id"] == paid.json()[
         "id"

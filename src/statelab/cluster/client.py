@@ -98,6 +98,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"profile {status['profile']}   balance {status.get('balance', '-')}   "
         f"shop {status['shop_url']}   control {status['control_url']}",
+        "placements " + " ".join(f"{k}={p}" for k, p in status.get("placements", {}).items()),
         f"{'ID':<6}{'STATE':<10}{'PID':>8}{'PORT':>7}{'REQUESTS':>10}{'SESSIONS':>10}  HAPROXY",
     ]
     for r in status["replicas"]:

@@ -23,7 +23,11 @@ class MenuItem:
 
 @dataclass(frozen=True, slots=True)
 class Menu:
+    """The items on sale, in menu order. ``version`` grows with every price change
+    (0 for the packaged seed), so of two copies the newer one is known."""
+
     items: tuple[MenuItem, ...]
+    version: int = 0
 
     def get(self, item_id: int) -> MenuItem:
         for item in self.items:
@@ -34,7 +38,8 @@ class Menu:
 
 @cache
 def load_menu() -> Menu:
-    """The menu shipped with the package (``domain/menu.json``)."""
+    """The menu shipped with the package (``domain/menu.json``): the seed the schema
+    migration writes into SQL. At runtime the menu and its prices come from SQL."""
     raw = json.loads(resources.files(__package__).joinpath("menu.json").read_text("utf-8"))
     return Menu(tuple(MenuItem(**item) for item in raw["items"]))
 
@@ -84,8 +89,19 @@ def price(lines: CartLines, menu: Menu) -> PricedCart:
 MAX_AMOUNT_CENTS = 10_000_000
 
 
+#: The highest price an admin may set for one item: the most one request may move.
+MAX_PRICE_CENTS = MAX_AMOUNT_CENTS
+
+
 def positive_amount(amount_cents: int, *, limit: int = MAX_AMOUNT_CENTS) -> int:
     """Money moved by one request: positive integer cents, at most ``limit``."""
     if isinstance(amount_cents, bool) or not 0 < amount_cents <= limit:
         raise InvalidInput(f"amount_cents must be an integer between 1 and {limit}")
     return amount_cents
+
+
+def valid_price(price_cents: int) -> int:
+    """A price an item may have: positive integer cents, at most ``MAX_PRICE_CENTS``."""
+    if isinstance(price_cents, bool) or not 0 < price_cents <= MAX_PRICE_CENTS:
+        raise InvalidInput(f"price_cents must be an integer between 1 and {MAX_PRICE_CENTS}")
+    return price_cents

@@ -30,6 +30,7 @@ from statelab.state.files import (
 )
 from statelab.state.jobs import JobQueue, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
+from statelab.state.menu import MemoryMenuCache, MenuStore, RedisMenuCache, SqlMenu
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from statelab.state.redislink import RedisLink
 from statelab.state.session import (
@@ -62,6 +63,7 @@ class Stores:
     chat: ChatStore
     files: FileStore
     jobs: JobQueue
+    menu: MenuStore  # the menu and prices: SQL, served through the cache placement
 
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
@@ -152,6 +154,16 @@ def _chat_store(
     return RedisChat(redis, db, limits, settings.replica_id)
 
 
+def _menu_store(
+    settings: Settings, redis: RedisLink | None, db: async_sessionmaker[AsyncSession]
+) -> MenuStore:
+    source, ttl = SqlMenu(db), settings.cache_ttl_seconds
+    if settings.placement("cache") == "memory":
+        return MemoryMenuCache(source, ttl)
+    assert redis is not None
+    return RedisMenuCache(source, redis, ttl)
+
+
 def _file_store(settings: Settings, db: async_sessionmaker[AsyncSession]) -> FileStore:
     if settings.placement("files") == "disk":
         return DiskFiles(settings.data_dir / "files")
@@ -204,6 +216,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             chat=_chat_store(settings, redis, db_sessions),
             files=_file_store(settings, db_sessions),
             jobs=jobs,
+            menu=_menu_store(settings, link, db_sessions),
         )
     finally:
         await jobs.close()

@@ -102,3 +102,11 @@ def worker_alive(worker_id: str) -> str:
     readiness. TTL: three heartbeat periods, refreshed every period, so a killed
     worker's key goes away by itself."""
     return f"{PREFIX}worker:{worker_id}"
+
+
+def menu() -> str:
+    """HASH ``version`` (the menu's version, see ``state/menu.py``) and ``items`` (JSON)
+    of the shared menu cache (``cache=redis``): replaced by the replica that changes a
+    price, and only ever by a newer version. TTL: ``cache_ttl_seconds``, a backstop
+    should a replacement ever fail."""
+    return f"{PREFIX}menu"

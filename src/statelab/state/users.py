@@ -1,4 +1,11 @@
-"""Accounts (username and argon2 password hash): always in SQL, in every profile."""
+"""Accounts (username and argon2 password hash) and the admin role: always in SQL,
+in every profile.
+
+The admin role is granted and revoked only by ``statelab admin grant|revoke``
+(``change_role``), never through the shop. Admin routes read it from SQL on every
+request (``UserStore.is_admin``), so a revocation holds from the next request on,
+whatever the session placement: no session or token carries the role.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,13 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from statelab.db import models
-from statelab.domain.errors import AlreadyExists, InvalidInput
+from statelab.db.engine import make_engine, sessionmaker
+from statelab.domain.errors import AlreadyExists, InvalidInput, NotFound
 from statelab.state.errors import store_guard
 
 USERNAME = re.compile(r"^[a-z0-9_.-]{3,40}$")
@@ -76,3 +84,40 @@ class UserStore:
             async with self._sessions() as db:
                 row = await db.get(models.User, user_id)
         return User(row.id, row.username) if row is not None else None
+
+    async def is_admin(self, user_id: int) -> bool:
+        """Whether the user holds the admin role now (one indexed read)."""
+        with store_guard("database"):
+            async with self._sessions() as db:
+                found = await db.scalar(
+                    select(models.User.is_admin).where(models.User.id == user_id)
+                )
+        return bool(found)
+
+
+async def set_admin(
+    sessions: async_sessionmaker[AsyncSession], username: str, *, admin: bool
+) -> User:
+    """Grant (``admin=True``) or revoke the admin role of an account by its name."""
+    name = username.strip().lower()
+    change = (
+        update(models.User)
+        .where(models.User.username == name)
+        .values(is_admin=admin)
+        .returning(models.User.id, models.User.username)
+    )
+    with store_guard("database"):
+        async with sessions() as db, db.begin():
+            row = (await db.execute(change)).first()
+    if row is None:
+        raise NotFound(f"no account is named {name!r}")
+    return User(row.id, row.username)
+
+
+async def change_role(database_url: str, username: str, *, admin: bool) -> User:
+    """``statelab admin grant|revoke``: set the role in the database at ``database_url``."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        return await set_admin(sessionmaker(engine), username, admin=admin)
+    finally:
+        await engine.dispose()

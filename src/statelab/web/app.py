@@ -13,7 +13,7 @@ from statelab.config import Settings
 from statelab.db.engine import StatementCount
 from statelab.state import Stores, open_stores
 from statelab.state.ledger import sweeping
-from statelab.web import auth, chat, files, openapi, ops, pages, problems, shop
+from statelab.web import admin, auth, chat, files, openapi, ops, pages, problems, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 from statelab.worker import perform_job
 
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     problems.install(app)
     app.add_exception_handler(BodyTooLarge, _too_large)
-    for router in (auth.router, shop.router, ops.router, chat.router, files.router):
+    for router in (auth.router, shop.router, admin.router, ops.router, chat.router, files.router):
         app.include_router(router)
     pages.install(app)  # the browser pages and /static
     openapi.install(app)  # every route's error answers, once all are included

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from statelab.web import deps
+from statelab.web import admin, deps
 from statelab.web.ops import BODY_METHODS, JSON_ONLY_PREFIX
 from statelab.web.params import INT64_MAX
 from statelab.web.problems import FieldProblem, Problem, responses
@@ -37,6 +37,8 @@ DEPENDENCY_ANSWERS: dict[Callable[..., Any], frozenset[int]] = {
     deps.get_user: frozenset({401}),
     # A missing or malformed key (400), the same key with another body (422).
     deps.get_idempotency: frozenset({400, 422}),
+    # Logged in, but without the admin role.
+    admin.get_admin: frozenset({403}),
 }
 
 #: Request headers a dependency reads itself (FastAPI cannot see them).

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from statelab.config import Settings
 from statelab.domain.errors import RateLimited, StatelabError, Unavailable
-from statelab.domain.shop import CartLines, load_menu, price
+from statelab.domain.shop import CartLines, price
 from statelab.state import Stores
 from statelab.web.deps import Caller, CallerDep, StoresDep, anon_csrf_token, cart_ref
 from statelab.web.problems import status_of
@@ -203,7 +203,7 @@ async def home(request: Request, stores: StoresDep, caller: CallerDep) -> Respon
 @router.get("/menu")
 async def menu_page(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
     kinds: dict[str, list[Any]] = {}
-    for item in load_menu().items:
+    for item in (await stores.menu.cached()).items:
         kinds.setdefault(item.kind, []).append(item)
     return await _render(request, stores, caller, "menu", "menu.html", kinds=kinds)
 
@@ -211,7 +211,7 @@ async def menu_page(request: Request, stores: StoresDep, caller: CallerDep) -> R
 @router.get("/cart")
 async def cart_page(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
     lines = await _cart_lines(request, stores, caller)
-    priced = price(lines, load_menu())
+    priced = price(lines, await stores.menu.cached())
     return await _render(request, stores, caller, "cart", "cart.html", lines=lines, cart=priced)
 
 

@@ -80,7 +80,8 @@ class Problem(BaseModel):
 MEANINGS = {
     400: "Malformed request: a body that is not JSON or multipart, or a missing header",
     401: "Not authenticated: no valid session cookie or bearer token",
-    403: "Forbidden: a cookie-authenticated write without its X-CSRF-Token",
+    403: "Forbidden: a cookie-authenticated write without its X-CSRF-Token, or an admin "
+    "route called without the admin role",
     404: "Not found, or not yours",
     409: "Conflict with the current state",
     413: "The body is larger than this route's limit",

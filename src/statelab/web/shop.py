@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from statelab.domain.errors import EmptyCart, InvalidInput, NotFound
-from statelab.domain.shop import MAX_AMOUNT_CENTS, CartLines, load_menu, price
+from statelab.domain.shop import MAX_AMOUNT_CENTS, CartLines, Menu, PricedCart, price
 from statelab.state.cart import CartRef
 from statelab.state.ledger import Outcome
 from statelab.web.deps import (
@@ -24,7 +24,7 @@ from statelab.web.deps import (
     cart_ref,
     finish_cart,
 )
-from statelab.web.params import Count, Id, IdPath
+from statelab.web.params import INT64_MAX, Count, Id, IdPath
 from statelab.web.problems import problem, responses, status_of
 
 router = APIRouter(prefix="/api", tags=["shop"])
@@ -78,6 +78,15 @@ class Amount(StrictBody):
     )
 
 
+class Checkout(StrictBody):
+    expected_total_cents: int = Field(
+        ge=0,
+        le=INT64_MAX,
+        description="The cart total the customer was shown (integer cents): if the cart "
+        "costs anything else now, checkout answers 409 'Price changed' and charges nothing",
+    )
+
+
 class Balance(BaseModel):
     balance_cents: int
 
@@ -106,22 +115,29 @@ class OrdersOut(BaseModel):
     orders: list[OrderOut]
 
 
+def menu_out(menu: Menu) -> MenuOut:
+    return MenuOut(items=[MenuItemOut(**asdict(item)) for item in menu.items])
+
+
 @router.get("/menu")
-async def menu() -> MenuOut:
-    return MenuOut(items=[MenuItemOut(**asdict(item)) for item in load_menu().items])
+async def menu(stores: StoresDep) -> MenuOut:
+    """The menu with its prices, through the cache placement (a ``memory`` cache may
+    show a price changed through another replica up to ``cache_ttl_seconds`` late)."""
+    return menu_out(await stores.menu.cached())
 
 
-def _cart_out(lines: CartLines) -> CartOut:
-    priced = price(lines, load_menu())
+def _cart_out(priced: PricedCart) -> CartOut:
     return CartOut(
         items=[CartLineOut(**asdict(line)) for line in priced.lines], total_cents=priced.total_cents
     )
 
 
-def _cart_response(
+async def _cart_response(
     request: Request, stores: StoresDep, caller: CallerDep, lines: CartLines, ref: CartRef | None
 ) -> JSONResponse:
-    response = JSONResponse(_cart_out(lines).model_dump())
+    """The whole cart, priced through the cache placement like the menu."""
+    priced = price(lines, await stores.menu.cached())
+    response = JSONResponse(_cart_out(priced).model_dump())
     if ref is not None:
         finish_cart(request, response, stores, caller, ref)
     if caller.session is None and caller.anon_id is not None:
@@ -130,9 +146,9 @@ def _cart_response(
     return response
 
 
-def _known_item(item_id: int, *, in_path: bool) -> int:
+async def _known_item(stores: StoresDep, item_id: int, *, in_path: bool) -> int:
     try:
-        load_menu().get(item_id)
+        (await stores.menu.cached()).get(item_id)
     except NotFound:
         if in_path:
             raise
@@ -143,9 +159,9 @@ def _known_item(item_id: int, *, in_path: bool) -> int:
 @router.get("/cart", response_model=CartOut)
 async def get_cart(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
     if caller.session is None and caller.anon_id is None:
-        return _cart_response(request, stores, caller, {}, None)
+        return await _cart_response(request, stores, caller, {}, None)
     ref = cart_ref(request, caller)
-    return _cart_response(request, stores, caller, await stores.carts.get(ref), ref)
+    return await _cart_response(request, stores, caller, await stores.carts.get(ref), ref)
 
 
 @router.post("/cart/items", response_model=CartOut)
@@ -154,8 +170,9 @@ async def add_item(
 ) -> Response:
     """Add ``quantity`` to a line, creating it. Answers with the whole cart."""
     ref = cart_ref(request, caller)
-    lines = await stores.carts.add(ref, {_known_item(body.item_id, in_path=False): body.quantity})
-    return _cart_response(request, stores, caller, lines, ref)
+    item_id = await _known_item(stores, body.item_id, in_path=False)
+    lines = await stores.carts.add(ref, {item_id: body.quantity})
+    return await _cart_response(request, stores, caller, lines, ref)
 
 
 @router.patch("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
@@ -164,8 +181,9 @@ async def set_item(
 ) -> Response:
     """Set a line's quantity (0 removes it)."""
     ref = cart_ref(request, caller)
-    lines = await stores.carts.set(ref, _known_item(item_id, in_path=True), body.quantity)
-    return _cart_response(request, stores, caller, lines, ref)
+    known = await _known_item(stores, item_id, in_path=True)
+    lines = await stores.carts.set(ref, known, body.quantity)
+    return await _cart_response(request, stores, caller, lines, ref)
 
 
 @router.delete("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
@@ -173,8 +191,8 @@ async def delete_item(
     item_id: IdPath, request: Request, stores: StoresDep, caller: CallerDep
 ) -> Response:
     ref = cart_ref(request, caller)
-    lines = await stores.carts.set(ref, _known_item(item_id, in_path=True), 0)
-    return _cart_response(request, stores, caller, lines, ref)
+    lines = await stores.carts.set(ref, await _known_item(stores, item_id, in_path=True), 0)
+    return await _cart_response(request, stores, caller, lines, ref)
 
 
 @router.get("/account")
@@ -203,19 +221,45 @@ async def withdraw(body: Amount, stores: StoresDep, user: UserDep, idem: IdemDep
     return _answer(await stores.ledger.withdraw(user.user_id, body.amount_cents, idem))
 
 
+def _price_changed(priced: PricedCart, shown: int) -> Response:
+    """409: the cart costs something else than the customer was shown. The body
+    carries the repriced cart, so a client can show it and ask again."""
+    detail = (
+        f"the cart now costs {priced.total_cents} cents, not the {shown} cents shown: nothing "
+        f"was charged; check out again with expected_total_cents {priced.total_cents}"
+    )
+    cart = _cart_out(priced).model_dump()
+    return problem(
+        409, "Price changed", detail, total_cents=cart["total_cents"], items=cart["items"]
+    )
+
+
 @router.post("/checkout", status_code=201, response_model=CheckoutOut, responses=responses(409))
 async def checkout(
-    request: Request, stores: StoresDep, caller: CallerDep, user: UserDep, idem: IdemDep
+    body: Checkout,
+    request: Request,
+    stores: StoresDep,
+    caller: CallerDep,
+    user: UserDep,
+    idem: IdemDep,
 ) -> Response:
-    """Pay the cart from the balance and create an order; the cart is emptied."""
+    """Pay the cart from the balance and create an order; the cart is emptied.
+
+    The cart is priced from the menu in SQL, never from a cache. If that total is not
+    ``expected_total_cents`` (a price changed since the customer saw the cart), the
+    answer is 409 "Price changed" with the new ``total_cents`` and ``items``, and
+    nothing is charged: no one pays a price they were not shown."""
     ref = cart_ref(request, caller)
-    priced = price(await stores.carts.get(ref), load_menu())
-    if not priced.lines:
-        # A retry of a checkout that succeeded finds the cart empty: replay it.
+    priced = price(await stores.carts.get(ref), await stores.menu.current())
+    if not priced.lines or priced.total_cents != body.expected_total_cents:
+        # A retry of a checkout that succeeded finds the cart empty (or refilled and
+        # repriced): replay it.
         replay = await stores.ledger.replay(user.user_id, idem)
-        if replay is None:
+        if replay is not None:
+            return _answer(replay)
+        if not priced.lines:
             raise EmptyCart("the cart is empty")
-        return _answer(replay)
+        return _price_changed(priced, body.expected_total_cents)
     outcome = await stores.ledger.checkout(user.user_id, priced, idem)
     response = _answer(outcome)
     if outcome.kind == "created" and not outcome.replayed:

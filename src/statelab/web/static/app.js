@@ -225,7 +225,9 @@
     const checkout = $("#checkout");
     if (checkout) checkout.disabled = cart.items.length === 0;
     body.replaceChildren(...cart.items.map(cartRow));
-    $("#cart-total").textContent = money(cart.total_cents);
+    const total = $("#cart-total");
+    total.textContent = money(cart.total_cents);
+    total.dataset.totalCents = String(cart.total_cents); // what checkout says we showed
     bindCartRows();
   }
 
@@ -295,12 +297,20 @@
     checkout.addEventListener("click", () =>
       busy(checkout, async () => {
         try {
-          const order = await api("POST", "/api/checkout", undefined, { idempotencyKey: key });
+          // The shop charges only the total shown here; if a price changed since, it refuses (409).
+          const shown = Number($("#cart-total").dataset.totalCents);
+          const order = await api("POST", "/api/checkout", { expected_total_cents: shown }, { idempotencyKey: key });
           key = newKey();
           renderCart({ items: [], total_cents: 0 });
           say("Order #" + order.id + " paid: " + money(order.total_cents) + ". Balance now " + money(order.balance_cents) + ".", "ok");
         } catch (err) {
           if (err.status !== 0) key = newKey();
+          const repriced = err.body && Array.isArray(err.body.items) && Number.isInteger(err.body.total_cents);
+          if (err.status === 409 && repriced) {
+            renderCart({ items: err.body.items, total_cents: err.body.total_cents });
+            say("Prices changed since you saw your cart: it now costs " + money(err.body.total_cents) + ". Nothing was charged; check the cart and pay again.", "error");
+            return;
+          }
           fail(err);
         }
       })
