@@ -155,7 +155,7 @@ def _(runs: list[Run]) -> None:
     _by(runs, "rolling-deploy/stateful").metrics.update(sessions_lost=0, items_lost=0)
 
 
-@case("C5", [memory("memory", "killed"), memory("redis", "held")])
+@case("C5", [memory("memory", "killed", per=3800), memory("redis", "held", per=1800)])
 def _(runs: list[Run]) -> None:
     _by(runs, "memory/memory").metrics["outcome"] = "held"
 
@@ -256,7 +256,7 @@ def test_a_missing_run_is_not_measured(claim: str) -> None:
 
 
 def test_noise_is_not_judged() -> None:
-    runs = [memory("memory", "killed", per=-40), memory("redis", "held")]
+    runs = [memory("memory", "killed", per=1750), memory("redis", "held", per=1800)]
     assert CLAIMS_BY_ID["C5"].verdict(Runs(runs)).verdict == "not measured"
 
 

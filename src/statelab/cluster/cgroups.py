@@ -102,48 +102,41 @@ class CpuQuota(_Groups):
 
 
 class MemoryLimit(_Groups):
-    """A memory limit per process: past it the kernel reclaims, then kills it.
-
-    The process's memory moves into the group with it (``move_charge_at_immigrate``
-    on v1), so the limit counts what it holds already, not only what it takes next.
-    There is no swap to spill into (``memsw`` is capped too where it exists)."""
+    """Memory headroom for a running process: from the moment it is moved into its
+    group, it may take at most ``headroom`` bytes more; past that the kernel
+    reclaims, then kills it. (Memory it held before stays charged where it was,
+    unless the kernel can move charges along, in which case they are added to the
+    limit.) No swap to spill into: ``memsw`` is capped too where it exists."""
 
     def __init__(self) -> None:
         super().__init__(_v1("memory", "memory.limit_in_bytes") or _v2("memory"), "statelab-mem")
 
-    def limit(self, name: str, pid: int, limit_bytes: int) -> None:
+    def limit(self, name: str, pid: int, headroom: int) -> None:
         if self.root is None:
             raise CgroupError(
                 "no writable memory cgroup (cgroup v1 /sys/fs/cgroup/memory or v2 with the "
                 "memory controller): a memory limit needs root on such a machine"
             )
         group = self.groups.get(name) or self.make(name)
+        v1 = self.root.name == "memory"
         try:
-            if self.root.name == "memory":
-                (group / "memory.move_charge_at_immigrate").write_text("3")
-                (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+            if v1:
+                # Deprecated (EINVAL) on recent kernels: then only new charges count.
+                with contextlib.suppress(OSError):
+                    (group / "memory.move_charge_at_immigrate").write_text("3")
+            (group / "cgroup.procs").write_text(str(pid))
+            held = int(_read(group / ("memory.usage_in_bytes" if v1 else "memory.current")) or 0)
+            limit = str(held + headroom)
+            if v1:
+                (group / "memory.limit_in_bytes").write_text(limit)
                 memsw = group / "memory.memsw.limit_in_bytes"
                 if memsw.exists():
-                    memsw.write_text(str(limit_bytes))
+                    memsw.write_text(limit)
             else:
-                (group / "memory.max").write_text(str(limit_bytes))
+                (group / "memory.max").write_text(limit)
                 (group / "memory.swap.max").write_text("0")
-            (group / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
-            raise ClusterError(
-                f"could not hold {name} (pid {pid}) to {limit_bytes} bytes: {exc} (is the "
-                "limit below what it holds already?)",
-                409,
-            ) from exc
-
-    def limit_of(self, name: str) -> int | None:
-        """The limit a process was given (None: none)."""
-        group = self.groups.get(name)
-        if group is None or self.root is None:
-            return None
-        value = _read(group / ("memory.limit_in_bytes" if self.root.name == "memory"
-                               else "memory.max")).strip()  # fmt: skip
-        return int(value) if value.isdigit() else None
+            raise ClusterError(f"could not limit {name} (pid {pid}): {exc}", 409) from exc
 
     def usage(self, name: str) -> int | None:
         group = self.groups.get(name)

@@ -86,8 +86,8 @@ class ControlClient:
     def set_redis_delay(self, ms: float) -> dict[str, Any]:
         return self._dict("POST", "/redis/delay", ms=str(ms))
 
-    def limit_memory(self, rid: str, limit_bytes: int) -> dict[str, Any]:
-        return self._dict("POST", f"/replicas/{rid}/memory-limit", bytes=str(limit_bytes))
+    def limit_memory(self, rid: str, headroom: int) -> dict[str, Any]:
+        return self._dict("POST", f"/replicas/{rid}/memory-limit", headroom=str(headroom))
 
     def grant_admin(self, username: str) -> dict[str, Any]:
         return self._dict("POST", "/admins", username=username)

@@ -9,7 +9,7 @@ Routes (JSON in and out; errors are ``{"error": "..."}`` with a 4xx/5xx code)::
     POST   /replicas/{id}/kill?signal=KILL|TERM   (a replica, a worker, or redis)
     POST   /replicas/{id}/start          start it again / put it back in rotation
     POST   /replicas/{id}/drain          no new requests; in-flight ones finish
-    POST   /replicas/{id}/memory-limit?bytes=N   hold a replica to N bytes (cgroup)
+    POST   /replicas/{id}/memory-limit?headroom=N   N more bytes at most (cgroup)
     DELETE /replicas/{id}                drain, stop and remove
     POST   /rolling-restart              one replica at a time, each drained first
     POST   /redis/restart?mode=kill|clean
@@ -133,9 +133,9 @@ async def redis_delay(
 
 @router.post("/replicas/{rid}/memory-limit")
 async def memory_limit(
-    cluster: ClusterDep, rid: str, bytes: Annotated[int, Query(ge=16 * 2**20)]
+    cluster: ClusterDep, rid: str, headroom: Annotated[int, Query(ge=2**20)]
 ) -> dict[str, Any]:
-    return await cluster.limit_memory(rid, bytes)
+    return await cluster.limit_memory(rid, headroom)
 
 
 @router.post("/admins")

@@ -176,6 +176,7 @@ class Cluster:
         self.redis: RedisServer | None = None
         self.delay_proxy: DelayProxy | None = None
         self.memory = MemoryLimit()
+        self.memory_limits: dict[str, int] = {}  # rss when limited + headroom, by replica
         self.postgres: PostgresServer | None = None
         self.database_url = ""
         self.replicas: dict[str, Replica] = {}
@@ -573,14 +574,17 @@ class Cluster:
         self.events.emit("redis.delay", target=self.delay_proxy.name, ms=ms)
         return {"delay_ms": ms}
 
-    async def limit_memory(self, rid: str, limit_bytes: int) -> dict[str, Any]:
-        """Hold replica ``rid`` to ``limit_bytes`` from now on (a memory cgroup); past
-        it the kernel kills it, which the watcher reports as any other exit."""
+    async def limit_memory(self, rid: str, headroom: int) -> dict[str, Any]:
+        """Let replica ``rid`` take at most ``headroom`` more bytes from now on (a
+        memory cgroup); past it the kernel kills it, which the watcher reports as any
+        other exit. The status shows the limit as resident memory now + headroom."""
         replica = self.replica(rid)
         if not replica.alive or replica.pid is None:
             raise ClusterError(f"{rid} is not running")
-        await asyncio.to_thread(self.memory.limit, rid, replica.pid, limit_bytes)
-        self.events.emit("replica.memory_limit", target=rid, bytes=limit_bytes)
+        rss = proc_usage(replica.pid)["rss_bytes"] or 0
+        await asyncio.to_thread(self.memory.limit, rid, replica.pid, headroom)
+        self.memory_limits[rid] = rss + headroom
+        self.events.emit("replica.memory_limit", target=rid, headroom=headroom, rss=rss)
         return self.replica_status(rid)
 
     async def grant_admin(self, username: str) -> dict[str, Any]:
@@ -688,7 +692,7 @@ class Cluster:
             "sessions": stat.sessions if stat else 0,
             "url": f"http://{LOOPBACK}:{replica.port}",
             **proc_usage(replica.pid if replica.alive else None),
-            "memory_limit_bytes": self.memory.limit_of(replica.name),
+            "memory_limit_bytes": self.memory_limits.get(replica.name),
         }
 
     def status(self) -> dict[str, Any]:

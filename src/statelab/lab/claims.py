@@ -240,19 +240,25 @@ def judge_c4(r: _Reader) -> Judgement:
 
 def judge_c5(r: _Reader) -> Judgement:
     mem, shared = r.need("memory", "memory"), r.need("memory", "redis")
-    per_mem = _m(mem, "replica_bytes_per_session")
+    per_login = _m(mem, "replica_bytes_per_session")
+    baseline = _m(shared, "replica_bytes_per_session")
     per_redis = _m(shared, "redis_bytes_per_session")
+    # A replica grows a little per login whatever holds the session (allocator
+    # arenas, caches): the control's growth is subtracted.
+    per_mem = per_login - baseline if per_login is not None and baseline is not None else None
     if per_mem is None or per_mem <= 0 or per_redis is None or per_redis <= 0:
         raise NotMeasured(
-            "bytes per session within the noise at this size "
-            f"(replica {per_mem}, Redis {per_redis}); run with more sessions"
+            "bytes per session within the noise at this size (replica "
+            f"{per_login} B/login with memory sessions, {baseline} without; Redis {per_redis}); "
+            "run with more sessions"
         )
     limit_mib = _m(mem, "limit_bytes") // 2**20
     capped = _m(mem, "outcome") in ("killed", "refused")
     flat = _m(shared, "outcome") == "held"
     reason = (
         f"memory placement in a {limit_mib} MiB cgroup: {_m(mem, 'outcome')} at "
-        f"{_m(mem, 'sessions_at_cap')} sessions ({per_mem} B/session in the replica, "
+        f"{_m(mem, 'sessions_at_cap')} sessions ({per_mem} B/session in the replica: "
+        f"{per_login} B per login minus the control's {baseline}, "
         f"{_m(mem, 'sessions_alive_after')} sessions alive afterwards); redis placement: "
         f"{_m(shared, 'outcome')} after {_m(shared, 'sessions_made')} sessions, replica RSS "
         f"grew {_m(shared, 'replica_growth_bytes') // 2**20} MiB while Redis grew "

@@ -58,6 +58,28 @@ end
 """
 
 
+# Weighted reads: each line of the users file is "weight<TAB>cookie"; every request
+# goes out as a user drawn with probability proportional to its weight (seeded).
+WEIGHTED_LUA = r"""
+local cookies, cumulative, total = {}, {}, 0
+for line in io.lines("%(users)s") do
+  local weight, cookie = line:match("^([%%d.]+)\t(.*)$")
+  total = total + tonumber(weight)
+  cookies[#cookies + 1] = cookie
+  cumulative[#cumulative + 1] = total
+end
+function init(args) math.randomseed(%(seed)d) end
+function request()
+  local x, lo, hi = math.random() * total, 1, #cumulative
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cumulative[mid] < x then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format("GET", "/api/cart", {["Cookie"] = cookies[lo]})
+end
+"""
+
+
 @dataclass
 class WrkResult:
     rps: float
@@ -131,6 +153,19 @@ def wrk(
     script.write_text(CART_LUA % {"users": users_file, "pause": pause_ms})
     duration = f"{max(1, round(seconds))}s"
     argv = [binary, "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script),
+            url]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return parse_wrk(out.stdout)
+
+
+def weighted(url: str, users_file: Path, seed: int, connections: int, seconds: int) -> WrkResult:
+    """Cart reads as users drawn by weight (``weight<TAB>cookie`` lines)."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise MissingBinary("wrk not found: install it with `apt-get install wrk`")
+    script = users_file.with_suffix(".lua")
+    script.write_text(WEIGHTED_LUA % {"users": users_file, "seed": seed})
+    argv = [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
             url]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return parse_wrk(out.stdout)

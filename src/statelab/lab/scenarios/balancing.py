@@ -1,11 +1,12 @@
 """Where the load balancer sends users, and what a replica knows when they arrive.
 
-- ``sticky-skew`` (C3, C1): seeded populations of users at several sizes, each user
-  sending a share of the requests drawn from a heavy-tailed (log-normal) activity
-  distribution. HAProxy assigns each user itself, at the user's first request (its
-  cookie when sticky). The session store (Redis) is the same under both policies:
-  the balancing policy is the only difference. Per population: busiest replica /
-  mean, and per replica CPU seconds and p99 latency.
+- ``sticky-skew`` (C3, C1): seeded populations of logged-in users at several sizes.
+  Each user arrives without a stickiness cookie and HAProxy assigns it a replica
+  itself (sticky: with its cookie); then wrk sends cart reads as users drawn by a
+  heavy-tailed (log-normal) activity weight. The session store (Redis) is the same
+  under both policies: the balancing policy is the only difference. Per
+  population: busiest replica / mean (HAProxy's counts), and per replica CPU
+  seconds and p99 latency (server side).
 - ``scale-out`` (C7): a replica is added under load; who does it serve, how soon.
 - ``no-sticky`` (C17): memory sessions behind round-robin and nothing crashes: how
   often does a logged-in user reach a replica that has never heard of her?
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import TypedDict
 
+import httpx
+
+from statelab.lab import load
+from statelab.lab.deployment import replica_urls
 from statelab.lab.framework import (
     Context,
     Knob,
@@ -28,7 +33,6 @@ from statelab.lab.framework import (
     Scenario,
     Variant,
     closing,
-    percentile,
 )
 from statelab.lab.shopper import PASSWORD, Outcome, Shopper
 
@@ -47,8 +51,9 @@ class Population(TypedDict):
     busiest_over_mean: float
     per_replica: dict[str, int]
     cpu_seconds: dict[str, float]
-    p99_ms: dict[str, float]
+    p99_ms: dict[str, float | None]  # server-side, the histogram bucket's upper bound
     heaviest_user_share: float
+    errors: int
 
 
 class SizeSummary(TypedDict):
@@ -72,58 +77,100 @@ def _weights(rng: random.Random, n: int, sigma: float) -> list[float]:
     return [rng.lognormvariate(0.0, sigma) for _ in range(n)]
 
 
+async def _log_in(ctx: Context, names: list[str]) -> list[str]:
+    """Register and log in each account once; their session cookies."""
+    cookies: list[str] = []
+    gate = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=ctx.url, timeout=30) as client:
+
+        async def one(name: str) -> None:
+            creds = {"username": name, "password": PASSWORD}
+            async with gate:
+                await client.post("/api/auth/register", json=creds, headers={"Cookie": ""})
+                r = await client.post("/api/auth/login", json=creds, headers={"Cookie": ""})
+            if r.status_code == 200 and (cookie := r.cookies.get("statelab_session")):
+                cookies.append(cookie)
+
+        await asyncio.gather(*(one(n) for n in names))
+    return cookies
+
+
+async def _arrive(ctx: Context, sessions: list[str]) -> list[str]:
+    """Each user's first request of a new visit, without a stickiness cookie: the load
+    balancer assigns a replica itself (sticky: it answers with its cookie). The
+    ``Cookie`` header each user sends from then on."""
+    gate = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=ctx.url, timeout=30) as client:
+
+        async def one(session: str) -> str:
+            async with gate:
+                r = await client.get(
+                    "/api/auth/me", headers={"Cookie": f"statelab_session={session}"}
+                )
+            pinned = r.cookies.get("SERVERID")
+            return f"statelab_session={session}" + (f"; SERVERID={pinned}" if pinned else "")
+
+        return list(await asyncio.gather(*(one(s) for s in sessions)))
+
+
+_BUCKET = re.compile(
+    r'^statelab_request_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} ([\d.e+]+)$', re.M
+)
+
+
+async def _buckets(ctx: Context) -> dict[str, dict[float, float]]:
+    """Each replica's latency histogram (all endpoints): upper bound -> count."""
+    found: dict[str, dict[float, float]] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for rid, url in (await replica_urls(ctx.deployment)).items():
+            counts: dict[float, float] = {}
+            for le, value in _BUCKET.findall((await client.get(f"{url}/metrics")).text):
+                bound = float("inf") if le == "+Inf" else float(le)
+                counts[bound] = counts.get(bound, 0.0) + float(value)
+            found[rid] = counts
+    return found
+
+
+def _p99(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The upper bound (ms) of the bucket holding the 99th percentile of the growth."""
+    grown = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = grown.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(grown):
+        if grown[le] >= 0.99 * total:
+            return round(le * 1000, 1) if le != float("inf") else None
+    return None
+
+
 async def _population(
-    ctx: Context, accounts: list[str], seed: int, requests: int, sigma: float
+    ctx: Context, sessions: list[str], size: int, seed: int, sigma: float, seconds: int
 ) -> Population:
-    rng = random.Random(seed)
-    users = [ctx.shopper(name) for name in accounts]
-    try:
-        for u in users:  # the first request of a new browser: HAProxy assigns it here
-            await u.login()
-        weights = _weights(rng, len(users), sigma)
-        picks = rng.choices(range(len(users)), weights=weights, k=requests)
-        before = _cpu(await ctx.deployment.status())
-        start = len(ctx.log.outcomes)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for p in picks:
-            queue.put_nowait(p)
-
-        async def worker() -> None:
-            while not queue.empty():
-                await users[queue.get_nowait()].cart()
-
-        await asyncio.gather(*(worker() for _ in range(16)))
-        after = _cpu(await ctx.deployment.status())
-        outcomes = ctx.log.outcomes[start:]
-    finally:
-        await closing(*users)
-    per_replica = {rid: 0 for rid in after}
-    for o in outcomes:
-        if o.served_by:
-            per_replica[o.served_by] = per_replica.get(o.served_by, 0) + 1
+    rng = random.Random(1000 * size + seed)
+    cookies = await _arrive(ctx, rng.sample(sessions, size))
+    weights = _weights(rng, size, sigma)
+    users = ctx.workdir / f"skew-{size}-{seed}.users"
+    users.write_text("".join(f"{w:.6f}\t{c}\n" for w, c in zip(weights, cookies, strict=True)))
+    before, hist0 = await ctx.deployment.status(), await _buckets(ctx)
+    result = await asyncio.to_thread(load.weighted, ctx.url, users, seed, 16, seconds)
+    after, hist1 = await ctx.deployment.status(), await _buckets(ctx)
+    was = {r["id"]: r for r in before["replicas"]}
+    per_replica = {r["id"]: r["requests"] - was[r["id"]]["requests"] for r in after["replicas"]}
     mean = sum(per_replica.values()) / max(1, len(per_replica))
     return Population(
-        size=len(accounts),
+        size=size,
         seed=seed,
-        requests=requests,
+        requests=sum(per_replica.values()),
         busiest_over_mean=round(max(per_replica.values()) / mean, 3) if mean else 0.0,
         per_replica=dict(sorted(per_replica.items())),
-        cpu_seconds={rid: round(after[rid] - before.get(rid, 0.0), 3) for rid in sorted(after)},
-        p99_ms=_p99_by_replica(outcomes),
+        cpu_seconds={
+            rid: round((r["cpu_seconds"] or 0.0) - (was[rid]["cpu_seconds"] or 0.0), 3)
+            for rid, r in sorted((r["id"], r) for r in after["replicas"])
+        },
+        p99_ms={rid: _p99(hist0.get(rid, {}), h) for rid, h in sorted(hist1.items())},
         heaviest_user_share=round(max(weights) / sum(weights), 3),
+        errors=result.errors,
     )
-
-
-def _cpu(status: dict[str, Any]) -> dict[str, float]:
-    return {r["id"]: float(r.get("cpu_seconds") or 0.0) for r in status["replicas"]}
-
-
-def _p99_by_replica(outcomes: Sequence[Outcome]) -> dict[str, float]:
-    by: dict[str, list[float]] = {}
-    for o in outcomes:
-        if o.ok and o.served_by:
-            by.setdefault(o.served_by, []).append(o.ms)
-    return {rid: percentile(sorted(ms), 99) for rid, ms in sorted(by.items())}
 
 
 def summarise(populations: list[Population]) -> list[SizeSummary]:
@@ -147,23 +194,15 @@ async def play_sticky_skew(ctx: Context) -> Played:
     sizes: tuple[int, ...] = ctx.knob("sizes", (12, 60, 240) if ctx.quick else (12, 120, 1200))
     count: int = ctx.knob("populations", 10)
     sigma: float = ctx.knob("sigma", 1.0)
+    seconds: int = ctx.knob("seconds", 1 if ctx.quick else 2)
     prefix = f"skew-{uuid.uuid4().hex[:4]}"
-    accounts = [f"{prefix}-{i}" for i in range(max(sizes))]
-    registrar = ctx.shopper("registrar")
-    try:
-        for name in accounts:
-            await registrar.request(
-                "POST", "/api/auth/register", json={"username": name, "password": PASSWORD}
-            )
-    finally:
-        await closing(registrar)
-    ctx.log.outcomes.clear()
-    populations = []
-    for size in sizes:
-        requests = max(300, ctx.scale(2, 3) * size)
-        for seed in range(count):
-            sample = random.Random(1000 * size + seed).sample(accounts, size)
-            populations.append(await _population(ctx, sample, seed, requests, sigma))
+    sessions = await _log_in(ctx, [f"{prefix}-{i}" for i in range(max(sizes))])
+    assert len(sessions) == max(sizes), "not every account could log in"
+    populations = [
+        await _population(ctx, sessions, size, seed, sigma, seconds)
+        for size in sizes
+        for seed in range(count)
+    ]
     total_cpu: dict[str, float] = {}
     for p in populations:
         for rid, s in p["cpu_seconds"].items():
@@ -174,7 +213,8 @@ async def play_sticky_skew(ctx: Context) -> Played:
         sizes=summarise(populations),
         cpu_seconds=total_cpu,
     )
-    return Played({"every request answered": ctx.log.failed() == 0}, dict(metrics))
+    errors = sum(p["errors"] for p in populations)
+    return Played({"every request answered": errors == 0}, dict(metrics))
 
 
 def sticky_or_not(quick: bool) -> list[Variant]:
@@ -320,7 +360,8 @@ SCENARIOS = (
                                                    for s in m["sizes"]),
              knobs={"sizes": Knob("population sizes, e.g. 12,120,1200", _sizes),
                     "populations": Knob("seeded populations per size", int),
-                    "sigma": Knob("log-normal sigma of user activity", float)}),
+                    "sigma": Knob("log-normal sigma of user activity", float),
+                    "seconds": Knob("seconds of load per population", int)}),
     Scenario("scale-out", ("C7",), "a replica added under load",
              stateful_and_stateless, play_scale_out,
              lambda m: f"new replica share {m['share_first_5s']:.0%} in 5 s (fair "
