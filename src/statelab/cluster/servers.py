@@ -234,11 +234,14 @@ def default_picker() -> PortPicker:
 
 
 def bind_port(port: int, purpose: str, ports: PortPicker | None = None) -> socket.socket:
-    """A TCP socket bound on loopback, not yet listening, now owned by the caller.
+    """A TCP socket bound on loopback and listening, now owned by the caller.
 
-    Binding *is* the claim, so there is no race: ``port`` 0 binds a picked port
-    (another one if a listener took it first); any other port is bound as asked or
-    ``PortInUse`` names ``purpose``."""
+    Binding and listening at once *is* the claim, so there is no race: ``port`` 0
+    binds a picked port (another one if a listener took it first); any other port
+    is bound as asked or ``PortInUse`` names ``purpose``. Listening at once matters:
+    a socket only bound (with SO_REUSEADDR, as servers set it) does not stop another
+    process from binding the same port and listening first. Connections that arrive
+    before the caller serves wait in the backlog."""
     picker = ports or default_picker()
     for _ in range(PORT_ATTEMPTS):
         chosen = port or picker.pick()
@@ -248,6 +251,7 @@ def bind_port(port: int, purpose: str, ports: PortPicker | None = None) -> socke
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((LOOPBACK, chosen))
+            sock.listen(128)
         except OSError as exc:
             sock.close()
             if port:
