@@ -54,6 +54,23 @@ PersistenceOpt = Annotated[
 DelayProxyOpt = Annotated[
     bool, typer.Option(help="A delaying TCP proxy between the replicas and Redis (lab).")
 ]
+RedisTopologyOpt = Annotated[
+    str,
+    typer.Option(
+        "--redis",
+        help="single (one server), sentinel (a primary, 2 replicas, 3 sentinels) or cluster "
+        "(3 primaries with a replica each).",
+    ),
+]
+RedisWaitOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=2,
+        help="Replicas each Redis write must reach before it is acknowledged (WAIT; also "
+        "min-replicas-to-write). With --redis sentinel or cluster.",
+    ),
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -371,6 +388,8 @@ def up(
     balance: BalanceOpt = None,
     redis_persistence: PersistenceOpt = "everysec",
     redis_delay_proxy: DelayProxyOpt = False,
+    redis: RedisTopologyOpt = "single",
+    redis_wait: RedisWaitOpt = 0,
 ) -> None:
     """Run the shop as N replicas behind HAProxy, with Redis and a database, until Ctrl-C.
 
@@ -397,6 +416,8 @@ def up(
             balance=_balance(balance),
             redis_persistence=redis_persistence,
             redis_delay_proxy=redis_delay_proxy,
+            redis_topology=redis,
+            redis_wait=redis_wait,
         )
         if database not in ("sqlite", "postgres", "postgresql"):
             database_url_async(database)

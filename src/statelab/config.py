@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from statelab.keyring import secret_problem
+from statelab.redisurl import parse_redis_url
 
 
 class Profile(StrEnum):
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["127.0.0.1", "::1"]
     )
     redis_url: str | None = None
+    # Replicas every Redis write made by a script or transaction (carts, sessions)
+    # must reach before it is acknowledged (WAIT); 0: asynchronous replication, which
+    # can lose acknowledged writes when a replica is promoted (state/redislink.py).
+    redis_wait_replicas: int = Field(default=0, ge=0, le=10)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     database_url: str = "sqlite:///statelab.db"
     data_dir: Path = Path("data")
     object_store_url: str | None = None
@@ -252,9 +258,9 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _plain_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("redis://"):
-            raise ValueError(f"--redis-url {value!r}: expected redis://[:password@]host:port[/db]")
+    def _known_redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)  # one server, Sentinel or Cluster: statelab.redisurl
         return value
 
     @model_validator(mode="after")

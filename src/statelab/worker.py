@@ -42,7 +42,6 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
-from redis.asyncio import Redis
 from saq import Worker
 from saq.job import Job
 from saq.types import Context
@@ -54,6 +53,7 @@ from statelab.state import Stores, keys, open_stores
 from statelab.state.errors import store_guard
 from statelab.state.files import PILLOW_FORMATS, NewFile, check_image_header, clean_filename
 from statelab.state.jobs import QUEUE_FUNCTION, JobPolicy, QueueJobs
+from statelab.state.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _queued_runner(stores: Stores, policy: JobPolicy) -> Callable[..., Awaitable
 class _Alive:
     """The worker's ``worker_alive(id)`` key, so a supervisor sees it is up."""
 
-    def __init__(self, redis: Redis, worker_id: str, every: float) -> None:
+    def __init__(self, redis: RedisClient, worker_id: str, every: float) -> None:
         self.redis, self.worker_id, self.every = redis, worker_id, every
         self.started = time.time()
         self.jobs = 0

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
-from pydantic import ValidationError
 
 from statelab.cli import app as cli_app
 from statelab.config import Settings
@@ -182,22 +181,11 @@ def setting_envvars() -> frozenset[str]:
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """``Settings`` as a process with exactly ``env`` builds them (its STATELAB_*
-    variables, nothing of ours).
-
-    A Sentinel URL (``redis+sentinel://``, checked against the manifests by
-    test_settings_env) that the settings refuse is replaced by a plain Redis URL,
-    so the other values are still checked."""
+    variables, nothing of ours)."""
     for name in [n for n in os.environ if n.startswith("STATELAB_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    try:
-        return Settings()
-    except ValidationError as exc:
-        redis_refused = any(e["loc"] == ("redis_url",) for e in exc.errors())
-        if not (redis_refused and env["STATELAB_REDIS_URL"].startswith("redis+sentinel://")):
-            raise
-    monkeypatch.setenv("STATELAB_REDIS_URL", "redis://statelab-redis:6379/0")
     return Settings()
 
 

@@ -35,9 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from statelab.cluster.cgroups import MemoryLimit
 from statelab.cluster.haproxy import (
     HAProxyServer,
@@ -57,6 +54,7 @@ from statelab.cluster.members import (
     worker_status,
 )
 from statelab.cluster.netdelay import DelayProxy
+from statelab.cluster.redis import TOPOLOGIES, RedisTopology, SingleRedis, make_topology
 from statelab.cluster.runfolder import (
     EVENTS_FILE,
     STATE_FILE,
@@ -110,6 +108,10 @@ class ClusterOptions:
     balance: Balance | None = None  # default: sticky for the stateful profile
     redis_persistence: str = "everysec"  # off | everysec | always
     redis_delay_proxy: bool = False  # a delaying TCP proxy between replicas and Redis
+    redis_topology: str = "single"  # single | sentinel | cluster (statelab.cluster.redis)
+    # Replicas a Redis write must reach before it is acknowledged (WAIT), and that a
+    # primary needs connected to accept writes at all (min-replicas-to-write); 0: none.
+    redis_wait: int = 0
 
     @property
     def placements(self) -> dict[str, str]:
@@ -159,6 +161,16 @@ class ClusterOptions:
             raise ClusterError(f"--redis-persistence must be one of {', '.join(PERSISTENCE)}", 400)
         if self.redis_delay_proxy and not self.needs_redis:
             raise ClusterError("--redis-delay-proxy: no placement of this cluster uses Redis", 400)
+        self._check_redis_topology()
+
+    def _check_redis_topology(self) -> None:
+        if self.redis_topology not in TOPOLOGIES:
+            raise ClusterError(f"--redis must be one of {', '.join(TOPOLOGIES)}", 400)
+        single = self.redis_topology == "single"
+        if self.redis_delay_proxy and not single:
+            raise ClusterError("--redis-delay-proxy stands in front of one Redis (--redis single)")
+        if not 0 <= self.redis_wait <= 2 or (self.redis_wait and single):
+            raise ClusterError("--redis-wait: 0 to 2 replicas, with --redis sentinel|cluster", 400)
 
 
 class Cluster:
@@ -173,7 +185,8 @@ class Cluster:
         self.control_socket: socket.socket | None = None  # bound at preflight, not listening
         self._shop_port = options.port  # HAProxy's, chosen at preflight when 0
         self.events = EventLog(self.run_dir / EVENTS_FILE)
-        self.redis: RedisServer | None = None
+        self.redis: RedisServer | None = None  # the one server of --redis single
+        self.redis_topology: RedisTopology | None = None  # every Redis process
         self.delay_proxy: DelayProxy | None = None
         self.memory = MemoryLimit()
         self.memory_limits: dict[str, int] = {}  # rss when limited + headroom, by replica
@@ -229,9 +242,9 @@ class Cluster:
         self.secret = self._secret()
         self.events.emit("cluster.starting", profile=opts.profile.value, replicas=opts.replicas)
         if opts.needs_redis:
-            self.redis = RedisServer(self.run_dir, persistence=opts.redis_persistence)
-            await self._launch(self.redis)
+            await self._start_redis()
             if opts.redis_delay_proxy:
+                assert self.redis is not None  # checked: a delay proxy needs --redis single
                 self.delay_proxy = DelayProxy(self.run_dir, self.redis.port)
                 await self._launch(self.delay_proxy)
         self.database_url = await self._database()
@@ -247,6 +260,24 @@ class Cluster:
         await self._launch(self.haproxy)
         self.save_state()
         self.events.emit("cluster.up", shop_url=self.shop_url, control_url=self.control_url)
+
+    async def _start_redis(self) -> None:
+        """The Redis processes of ``--redis`` (together), then joined and in sync."""
+        opts = self.options
+        topology = make_topology(
+            opts.redis_topology,
+            self.run_dir,
+            opts.redis_persistence,
+            min_replicas=opts.redis_wait,
+        )
+        self.redis_topology = topology
+        if isinstance(topology, SingleRedis):
+            self.redis = topology.server
+        await asyncio.gather(*(self._launch(p) for p in topology.processes))
+        began = time.monotonic()
+        await asyncio.to_thread(topology.form)
+        took = round(time.monotonic() - began, 3)
+        self.events.emit("redis.formed", topology=topology.kind, url=topology.url, seconds=took)
 
     async def stop(self) -> None:
         """Stop everything that runs, in reverse order of starting."""
@@ -265,7 +296,7 @@ class Cluster:
         # shutdown costs one drain period, not one per process.
         members = [*self.workers.values(), *self.replicas.values()]
         await asyncio.gather(*(asyncio.to_thread(m.stop, 20.0) for m in members))
-        for server in (self.postgres, self.delay_proxy, self.redis):
+        for server in (self.postgres, self.delay_proxy, *self._redis_processes()[::-1]):
             if server is not None:
                 await asyncio.to_thread(server.stop)
         self.memory.release()
@@ -315,6 +346,10 @@ class Cluster:
                 target.unlink(missing_ok=True)
         for db in self.run_dir.glob("shop.db*"):
             db.unlink()
+        # The other topologies' nodes: data, cluster identities, sentinel state.
+        for left in [*self.run_dir.glob("redis-*-aof"), *self.run_dir.glob("redis-*-nodes.conf"),
+                     *self.run_dir.glob("sentinel-*.conf")]:  # fmt: skip
+            shutil.rmtree(left) if left.is_dir() else left.unlink()
 
     async def _database(self) -> str:
         choice = self.options.database
@@ -362,9 +397,9 @@ class Cluster:
     def _shared_options(self) -> list[str]:
         """What every replica and worker is told: the same profile and stores."""
         argv = ["--profile", self.options.profile.value, "--database-url", self.database_url]
-        if self.redis is not None:
+        if self.redis_topology is not None:
             proxy = self.delay_proxy
-            argv += ["--redis-url", proxy.url if proxy is not None else self.redis.url]
+            argv += ["--redis-url", proxy.url if proxy is not None else self.redis_topology.url]
         for kind, placement in self.options.place.items():
             argv += ["--place", f"{kind}={placement}"]
         return argv
@@ -375,6 +410,7 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             "STATELAB_SECRET_KEY": self.secret,
             "STATELAB_DATA_DIR": str(self.run_dir / kind / name),
+            "STATELAB_REDIS_WAIT_REPLICAS": str(self.options.redis_wait),
             "STATELAB_OBJECT_STORE_URL": os.environ.get(
                 "STATELAB_OBJECT_STORE_URL", (self.run_dir / "objects").as_uri()
             ),
@@ -409,8 +445,11 @@ class Cluster:
         return self.haproxy
 
     async def kill(self, rid: str, sig: signal.Signals = signal.SIGKILL) -> dict[str, Any]:
-        """Send ``sig`` to a replica or worker: SIGKILL is a crash, SIGTERM a graceful
-        shutdown."""
+        """Send ``sig`` to a replica, a worker or a Redis process (``redis-2``,
+        ``sentinel-1``; see ``status()["redis"]["processes"]``): SIGKILL is a crash,
+        SIGTERM a graceful shutdown."""
+        if (server := self._redis_process(rid)) is not None:
+            return self._kill_redis(server, sig)
         member = self.member(rid)
         if not member.alive:
             raise ClusterError(f"{rid} is not running")
@@ -420,8 +459,10 @@ class Cluster:
         return {"id": rid, "pid": member.pid, "signal": sig.name}
 
     async def start_replica(self, rid: str, reason: str = "request") -> dict[str, Any]:
-        """Start a replica (same port) or worker that is down; put a replica back in
-        rotation, which also undoes a drain."""
+        """Start a replica (same port), worker or Redis process that is down; put a
+        replica back in rotation, which also undoes a drain."""
+        if (server := self._redis_process(rid)) is not None:
+            return await self._start_redis_process(server)
         member = self.member(rid)
         async with member.lock:
             member.wanted = True
@@ -523,12 +564,46 @@ class Cluster:
 
     # -- redis -----------------------------------------------------------------------
 
+    def _redis_processes(self) -> list[PortedProcess]:
+        return list(self.redis_topology.processes) if self.redis_topology is not None else []
+
+    def _redis_process(self, name: str) -> PortedProcess | None:
+        return self.redis_topology.get(name) if self.redis_topology is not None else None
+
+    def _kill_redis(self, server: PortedProcess, sig: signal.Signals) -> dict[str, Any]:
+        if not server.alive:
+            raise ClusterError(f"{server.name} is not running")
+        role = self._role_of(server)
+        self.events.emit("redis.kill", target=server.name, pid=server.pid, signal=sig.name,
+                         role=role)  # fmt: skip
+        server.kill(sig)
+        return {"id": server.name, "pid": server.pid, "signal": sig.name, "role": role}
+
+    def _role_of(self, server: PortedProcess) -> str:
+        described = self.redis_topology.describe() if self.redis_topology else []
+        return next((str(p.get("role", "")) for p in described if p["name"] == server.name), "")
+
+    async def _start_redis_process(self, server: PortedProcess) -> dict[str, Any]:
+        """Start a Redis process again on its port and data: a node rejoins as what
+        the sentinels or the cluster say it is now (a replica, once replaced)."""
+        async with self._ops:
+            if not server.alive:
+                await asyncio.to_thread(server.stop)  # collect the old exit status
+                self.events.emit("member.start", target=server.name, reason="request")
+                await self._launch(server)
+            self.save_state()
+        return {"id": server.name, "pid": server.pid, "role": self._role_of(server)}
+
     async def restart_redis(self, hard: bool = True) -> dict[str, Any]:
         """Restart Redis on the same port and AOF: ``hard`` is ``kill -9``."""
         async with self._ops:
             redis = self.redis
             if redis is None:
-                raise ClusterError(f"profile {self.options.profile.value} runs without Redis")
+                raise ClusterError(
+                    f"profile {self.options.profile.value} runs without Redis"
+                    if self.redis_topology is None
+                    else "with several Redis processes, kill and start one by name (redis-1, ...)"
+                )
             began = time.monotonic()
             mode = "kill" if hard else "clean"
             self.events.emit("redis.restart", target=redis.name, pid=redis.pid, mode=mode)
@@ -542,27 +617,14 @@ class Cluster:
         return {"pid": redis.pid, "mode": mode, "seconds": took}
 
     async def redis_stats(self) -> dict[str, Any]:
-        """Redis's used memory, keys and calls per command (``INFO``), for the lab."""
-        if self.redis is None:
+        """Redis's used memory, keys and calls per command (``INFO``), summed over the
+        primaries that answer, for the lab."""
+        if self.redis_topology is None:
             raise ClusterError(f"profile {self.options.profile.value} runs without Redis")
-        client = Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=5)
-        try:
-            memory, commands, keys = (
-                await client.info("memory"),
-                await client.info("commandstats"),
-                await client.dbsize(),
-            )
-        except RedisError as exc:
-            raise ClusterError(f"Redis does not answer: {exc}", 503) from exc
-        finally:
-            await client.aclose()
-        return {
-            "used_memory": int(memory["used_memory"]),
-            "keys": int(keys),
-            "commandstats": {
-                name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in commands.items()
-            },
-        }
+        stats: dict[str, Any] | None = await asyncio.to_thread(self.redis_topology.stats)
+        if stats is None:
+            raise ClusterError("Redis does not answer", 503)
+        return stats
 
     def set_redis_delay(self, ms: float) -> dict[str, Any]:
         """Delay replica <-> Redis traffic by ``ms`` each way (needs the delay proxy)."""
@@ -623,7 +685,7 @@ class Cluster:
             member.stop()  # reap: pid file, stragglers
             if member.wanted and self.options.self_heal and not self._stopping:
                 self._spawn(self._heal(member))
-        for proc in (self.redis, self.postgres, self.haproxy):
+        for proc in (*self._redis_processes(), self.postgres, self.haproxy):
             if proc is None or proc.pid is None or proc.alive or proc.pid in self._exits_seen:
                 continue
             if not self._ops.locked():  # a Redis restart reports its own exit
@@ -710,16 +772,7 @@ class Cluster:
             "replicas": [
                 self._replica_status(r, stats.get(rid)) for rid, r in self.replicas.items()
             ],
-            "redis": process_status(
-                self.redis,
-                url=self.redis.url if self.redis else None,
-                persistence=self.options.redis_persistence,
-                delay_proxy=(
-                    {"url": self.delay_proxy.url, "delay_ms": self.delay_proxy.delay_ms}
-                    if self.delay_proxy is not None
-                    else None
-                ),
-            ),
+            "redis": self._redis_status(),
             "database": {
                 "url": redact(self.database_url),
                 **(process_status(self.postgres) or {}),
@@ -735,6 +788,31 @@ class Cluster:
                 redispatches=sum(s.redispatches for s in stats.values()),
             ),
             "workers": [{"id": w.name, **worker_status(w)} for w in self.workers.values()],
+        }
+
+    def _redis_status(self) -> dict[str, Any] | None:
+        """The Redis as a whole (``state`` up while writes have somewhere to go) and
+        each of its processes with its role."""
+        topology = self.redis_topology
+        if topology is None:
+            return None
+        processes = topology.describe()
+        writable = [p for p in processes if p.get("role") == "primary"]
+        first = writable[0] if writable else None
+        return {
+            "name": first["name"] if first else "redis",
+            "pid": first["pid"] if first else None,
+            "state": "up" if writable else "down",
+            "topology": topology.kind,
+            "url": topology.url,
+            "persistence": self.options.redis_persistence,
+            "wait_replicas": self.options.redis_wait,
+            "delay_proxy": (
+                {"url": self.delay_proxy.url, "delay_ms": self.delay_proxy.delay_ms}
+                if self.delay_proxy is not None
+                else None
+            ),
+            "processes": processes,
         }
 
     def save_state(self) -> None:
@@ -756,7 +834,7 @@ class Cluster:
             "events": str(self.events.path),
             "logs": str(self.run_dir / "logs"),
             "database_url": redact(self.database_url),
-            "redis_url": self.redis.url if self.redis else None,
+            "redis_url": self.redis_topology.url if self.redis_topology else None,
             "processes": procs,
         }
         tmp = self.run_dir / (STATE_FILE + ".tmp")
@@ -764,7 +842,8 @@ class Cluster:
         tmp.replace(self.run_dir / STATE_FILE)
 
     def _processes(self) -> Iterator[ManagedProcess]:
-        for proc in (self.redis, self.delay_proxy, self.postgres, self.haproxy):
+        yield from self._redis_processes()
+        for proc in (self.delay_proxy, self.postgres, self.haproxy):
             if proc is not None:
                 yield proc
         yield from self.replicas.values()

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -32,6 +31,7 @@ from statelab.state.jobs import JobQueue, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.menu import MemoryMenuCache, MenuStore, RedisMenuCache, SqlMenu
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from statelab.state.redisclient import RedisClient, redis_client
 from statelab.state.redislink import RedisLink
 from statelab.state.session import (
     JwtConfig,
@@ -53,7 +53,7 @@ class Stores:
     settings: Settings
     keys: Keys  # one per purpose, derived from settings.secret_key
     engine: AsyncEngine
-    redis: Redis | None  # pub/sub, blocking and queue work (chat, jobs)
+    redis: RedisClient | None  # pub/sub, blocking and queue work (chat, jobs)
     link: RedisLink | None  # plain commands on the request path (sessions, carts, limits)
     users: UserStore
     sessions: SessionStore
@@ -82,7 +82,7 @@ async def _sql_answers(engine: AsyncEngine) -> bool:
     return True
 
 
-async def _redis_answers(redis: Redis, link: RedisLink) -> bool:
+async def _redis_answers(redis: RedisClient, link: RedisLink) -> bool:
     try:
         with store_guard("redis"):
             return bool(await redis.ping()) and await link.call("PING") == "PONG"
@@ -90,9 +90,10 @@ async def _redis_answers(redis: Redis, link: RedisLink) -> bool:
         return False
 
 
-def make_redis(url: str) -> Redis:
-    """One pooled client per process; short timeouts so a dead Redis gives a fast 503."""
-    return Redis.from_url(
+def make_redis(url: str) -> RedisClient:
+    """One pooled client per process (one server, Sentinel or Cluster); short timeouts
+    so a dead Redis gives a fast 503."""
+    return redis_client(
         url,
         decode_responses=True,
         socket_connect_timeout=1.0,
@@ -141,7 +142,7 @@ def _rate_limiter(settings: Settings, redis: RedisLink | None) -> RateLimiter:
 
 
 def _chat_store(
-    settings: Settings, redis: Redis | None, db: async_sessionmaker[AsyncSession]
+    settings: Settings, redis: RedisClient | None, db: async_sessionmaker[AsyncSession]
 ) -> ChatStore:
     limits = ChatLimits(
         rooms_per_user=settings.chat_rooms_per_user,
@@ -189,7 +190,15 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     keys = Keys.derive(settings.secret_key, settings.jwt_keys, settings.jwt_active_kid)
     engine = make_engine(settings.database_url)
     redis = make_redis(settings.redis_url) if settings.redis_url else None
-    link = RedisLink.from_url(settings.redis_url) if settings.redis_url else None
+    link = (
+        RedisLink.from_url(
+            settings.redis_url,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
+        if settings.redis_url
+        else None
+    )
     hasher = PasswordHasher(
         time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib, parallelism=1
     )

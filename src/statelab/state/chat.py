@@ -41,7 +41,6 @@ from itertools import islice
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy import and_, exists, func, insert, select, update
@@ -52,6 +51,7 @@ from statelab.db import models
 from statelab.domain.errors import LimitExceeded, NotFound, Unavailable
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -678,7 +678,7 @@ class RedisChat(SqlRooms):
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         sessions: async_sessionmaker[AsyncSession],
         limits: ChatLimits,
         replica_id: str,

@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from saq.queue.redis import RedisQueue
 
 from statelab.config import Settings
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.redisclient import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,15 @@ class _SweepingQueue(RedisQueue):
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         return await super().sweep(lock, abort=SWEEP_ABORT_WAIT)
 
+    async def disconnect(self) -> None:
+        if hasattr(self.redis, "connection_pool"):
+            await super().disconnect()
+            return
+        # A cluster client has a pool per node, which its aclose() closes; saq's own
+        # disconnect reaches for the one pool of a plain client.
+        await self._pubsub.close()
+        await self.redis.aclose()
+
 
 def make_saq_queue(redis_url: str) -> RedisQueue:
     """The saq queue of the shop, on its own Redis client.
@@ -149,8 +158,10 @@ def make_saq_queue(redis_url: str) -> RedisQueue:
     saq's own Redis extra still caps redis-py below 8, whose default is RESP3.
     No socket timeout: a worker blocks on the queue for up to its dequeue timeout.
     """
-    client = Redis.from_url(redis_url, protocol=2, socket_connect_timeout=1.0)
-    return _SweepingQueue(client, name=keys.job_queue())
+    client = redis_client(redis_url, protocol=2, socket_connect_timeout=1.0)
+    # saq annotates a plain Redis; on a cluster it gets RedisCluster, which answers
+    # every command it sends, all in the queue's one slot (tests/redis/test_cluster.py).
+    return _SweepingQueue(client, name=keys.job_queue())  # type: ignore[arg-type]
 
 
 class QueueJobs:
@@ -171,7 +182,7 @@ class QueueJobs:
             await asyncio.wait_for(
                 self.queue.enqueue(
                     QUEUE_FUNCTION,
-                    key=key,
+                    key=keys.job_key(key),  # the queue's hash tag: state/keys.py
                     timeout=p.timeout,
                     heartbeat=p.heartbeat,
                     retries=p.retries,
@@ -191,7 +202,8 @@ class QueueJobs:
             # saq unsubscribes before closing, which fails with Redis down: close anyway.
             log.debug("job queue disconnect failed; closing its client", exc_info=True)
             await self.queue.redis.aclose()
-            await self.queue.redis.connection_pool.disconnect()
+            if hasattr(self.queue.redis, "connection_pool"):  # a cluster client has none
+                await self.queue.redis.connection_pool.disconnect()
 
 
 def open_jobs(settings: Settings) -> JobQueue:

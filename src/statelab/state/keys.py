@@ -1,45 +1,80 @@
 """Every Redis key statelab writes, with its lifetime and why.
 
-Key names are part of the data format: the ``v1`` segment changes when a value's
-shape does, so a rolling deploy never reads a value written in another shape.
+Key names are part of the data format: the ``v2`` segment changes when a value's
+shape or a key's name does, so a rolling deploy never reads a value written in
+another shape.
+
+Hash tags (Redis Cluster): a cluster stores each key in one of 16384 hash slots,
+chosen by the part of the name inside the first ``{...}``, and refuses a
+transaction or script whose keys lie in more than one slot. Keys used together
+therefore share a tag:
+
+- ``{u<user id>}``: a user's sessions and their index, issued JWTs, their index
+  and the deny-list entries checked together. A session id (and a JWT id) is
+  ``<user id>.<random>`` (``owned_id``), so the key of a session found by its id
+  alone lands in the slot of its user's index;
+- ``{presence}``: the chat presence registry (every user's replicas, and who is
+  online), written together by one script. One slot serves all presence: the
+  price of updating "who is online" atomically;
+- ``{<queue name>}``: every key of the job queue (saq derives them from the name);
+- every other key is used alone, and spreads over the slots by its whole name.
+
+Without a cluster the braces are just characters of the name.
 """
 
 from __future__ import annotations
 
-PREFIX = "statelab:v1:"
+PREFIX = "statelab:v2:"
+
+
+def owned_id(user_id: int, random: str) -> str:
+    """A session or token id that carries its user's hash tag: ``<user id>.<random>``."""
+    return f"{user_id}.{random}"
+
+
+def user_tag(user_id: int) -> str:
+    """The hash tag of everything of one user that is written together."""
+    return f"{{u{user_id}}}"
+
+
+def _tag_of(owned: str) -> str:
+    # An id not of the owned form (forged, or from before v2) gets a tag of its own:
+    # it finds nothing, wherever it lands.
+    owner, dot, _ = owned.partition(".")
+    return user_tag(int(owner)) if dot and owner.isdigit() else f"{{{owned}}}"
 
 
 def session(sid: str) -> str:
     """HASH of one server-side session. TTL: the idle timeout, renewed on use."""
-    return f"{PREFIX}session:{sid}"
+    return f"{PREFIX}{_tag_of(sid)}:session:{sid}"
 
 
 def user_sessions(user_id: int) -> str:
     """ZSET sid -> absolute expiry of a user's sessions, for the devices list and
     logout-all. TTL: the absolute session lifetime, renewed at each login."""
-    return f"{PREFIX}user-sessions:{user_id}"
+    return f"{PREFIX}{user_tag(user_id)}:user-sessions"
 
 
 def token(jti: str) -> str:
     """HASH describing one issued JWT (device, issue time) for the devices list.
     TTL: the token's own expiry; the token itself is never stored."""
-    return f"{PREFIX}token:{jti}"
+    return f"{PREFIX}{_tag_of(jti)}:token:{jti}"
 
 
 def user_tokens(user_id: int) -> str:
     """ZSET jti -> expiry of a user's issued JWTs. TTL: the token lifetime."""
-    return f"{PREFIX}user-tokens:{user_id}"
+    return f"{PREFIX}{user_tag(user_id)}:user-tokens"
 
 
 def denied_token(jti: str) -> str:
     """A revoked JWT id (logout). TTL: until the token would expire anyway."""
-    return f"{PREFIX}deny:jti:{jti}"
+    return f"{PREFIX}{_tag_of(jti)}:deny:jti:{jti}"
 
 
 def denied_before(user_id: int) -> str:
     """Time (float seconds) before which every JWT of the user is revoked
     (logout-all). TTL: the token lifetime, after which no older token is valid."""
-    return f"{PREFIX}deny:user:{user_id}"
+    return f"{PREFIX}{user_tag(user_id)}:deny:user"
 
 
 def cart(owner: str) -> str:
@@ -58,7 +93,7 @@ def chat_where(user_id: int) -> str:
     user: the presence registry. Each replica refreshes its entries every third of
     the presence TTL; a killed replica's entry is past its score within the TTL and
     dropped on the next write. Key TTL: the presence TTL, renewed by every write."""
-    return f"{PREFIX}chat:where:{user_id}"
+    return f"{PREFIX}{{presence}}:chat:where:{user_id}"
 
 
 def chat_online() -> str:
@@ -66,7 +101,7 @@ def chat_online() -> str:
     replicas: who is online. A member past its score is swept (and announced as
     offline) by whichever replica sweeps first. Key TTL: the presence TTL, renewed
     by every heartbeat, so it vanishes when every replica is gone."""
-    return f"{PREFIX}chat:online"
+    return f"{PREFIX}{{presence}}:chat:online"
 
 
 def chat_typing(room_id: str) -> str:
@@ -89,12 +124,19 @@ def chat_replica_channel(replica_id: str) -> str:
 
 
 def job_queue() -> str:
-    """Name of the saq job queue. saq derives its own keys from it:
+    """Name of the saq job queue, a hash tag as a whole. saq derives its keys from it:
     ``saq:<name>:queued`` / ``:active`` (LISTs of job ids), ``:incomplete``,
     ``:schedule``, ``:stats``, ``:sweep`` and ``saq:job:<name>:<job key>`` (one
     record per job, kept ``JobPolicy.ttl`` after it finishes so that enqueueing
     the same key again is ignored). Queued jobs have no TTL: they wait for a worker."""
-    return f"{PREFIX}jobs"
+    return f"{{{PREFIX}jobs}}"
+
+
+def job_key(key: str) -> str:
+    """A job's key as given to saq: saq names the job's abort flag after the key
+    alone (``saq:abort:<key>``) and touches it in one script with the queue's keys,
+    so the key carries the queue's hash tag too."""
+    return f"{job_queue()}:{key}"
 
 
 def worker_alive(worker_id: str) -> str:

@@ -83,7 +83,7 @@ def new_session_id() -> str:
 def _new_session(user_id: int, username: str, user_agent: str, life: Lifetimes) -> Session:
     now = time.time()
     return Session(
-        sid=new_session_id(),
+        sid=keys.owned_id(user_id, new_session_id()),  # its user's hash tag: state/keys.py
         user_id=user_id,
         username=username,
         csrf_token=secrets.token_urlsafe(24),
