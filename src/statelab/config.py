@@ -27,14 +27,15 @@ class Profile(StrEnum):
 
 #: Every state kind and the placements it accepts; the first is the stateful one.
 PLACEMENTS: dict[str, tuple[str, ...]] = {
-    "session": ("memory", "redis", "jwt"),
-    "cart": ("memory", "redis", "client"),
+    "session": ("memory", "redis", "jwt", "db", "jwt-pure"),
+    "cart": ("memory", "redis", "client", "db"),
     "ledger": ("memory", "db"),
     "chat": ("memory", "redis"),
     "files": ("disk", "objects"),
     "jobs": ("inprocess", "queue"),
     "ratelimit": ("memory", "redis"),
     "cache": ("memory", "redis"),
+    "timers": ("inprocess", "scheduler"),
 }
 
 PROFILES: dict[Profile, dict[str, str]] = {
@@ -47,6 +48,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "jobs": "inprocess",
         "ratelimit": "memory",
         "cache": "memory",
+        "timers": "inprocess",
     },
     Profile.stateless: {
         "session": "redis",
@@ -57,6 +59,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "jobs": "queue",
         "ratelimit": "redis",
         "cache": "redis",
+        "timers": "scheduler",
     },
     Profile.token: {
         "session": "jwt",
@@ -67,6 +70,7 @@ PROFILES: dict[Profile, dict[str, str]] = {
         "jobs": "queue",
         "ratelimit": "redis",
         "cache": "redis",
+        "timers": "scheduler",
     },
 }
 
@@ -80,8 +84,15 @@ NEEDS_REDIS: frozenset[tuple[str, str]] = frozenset(
         ("jobs", "queue"),
         ("ratelimit", "redis"),
         ("cache", "redis"),
+        ("timers", "scheduler"),  # its schedule and runs go through the job queue
     }
 )
+
+#: Placements that only work beside another one: (kind, placement) -> (kind, placement).
+REQUIRES: dict[tuple[str, str], tuple[str, str]] = {
+    # The schedule is kept in the job queue and run by ``statelab worker``.
+    ("timers", "scheduler"): ("jobs", "queue"),
+}
 
 
 class ConfigError(ValueError):
@@ -102,6 +113,33 @@ def parse_place(values: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--place {raw!r}: {kind} placement must be one of {allowed}")
         result[kind] = placement
     return result
+
+
+def resolve_placements(profile: Profile, place: dict[str, str]) -> dict[str, str]:
+    """The profile's placements with the ``--place`` overrides applied.
+
+    A profile's default that an override makes impossible (``REQUIRES``) gives way to
+    the kind's stateful placement: ``--profile stateless --place jobs=inprocess`` has
+    no worker to run a schedule, so its timers run in-process. A placement asked for
+    explicitly never gives way (``placement_conflict`` names it)."""
+    placements = {**PROFILES[profile], **place}
+    for (kind, placement), (other, needed) in REQUIRES.items():
+        if kind not in place and placements[kind] == placement and placements[other] != needed:
+            placements[kind] = PLACEMENTS[kind][0]
+    return placements
+
+
+def placement_conflict(placements: dict[str, str]) -> str | None:
+    """What is impossible about a full set of placements (``REQUIRES``), naming the
+    option to change; None when it can run."""
+    for (kind, placement), (other, needed) in REQUIRES.items():
+        if placements.get(kind) == placement and placements.get(other) != needed:
+            return (
+                f"--place {kind}={placement} needs {other}={needed} "
+                f"(this set has {other}={placements.get(other)}): "
+                f"add --place {other}={needed} or choose another {kind} placement"
+            )
+    return None
 
 
 def database_url_async(url: str) -> str:
@@ -154,6 +192,9 @@ class Settings(BaseSettings):
     jwt_issuer: str = "statelab"
     jwt_audience: str = "statelab-shop"
     jwt_ttl_seconds: int = 900
+    # session=jwt-pure: nothing can revoke a pure token before it expires, so its
+    # lifetime is the longest a stolen or logged-out token stays usable: kept short.
+    jwt_pure_ttl_seconds: int = Field(default=300, ge=1, le=24 * 3600)
 
     session_idle_seconds: int = 1800
     session_absolute_seconds: int = 12 * 3600
@@ -209,6 +250,9 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: int = 5
     job_timeout_seconds: int = 120
     job_hold_seconds: float = 0.0
+    # Periodic work (timers placement): the sales summary, the sweep of expired SQL
+    # sessions and carts and of old idempotency keys run once per period, at its start.
+    timer_period_seconds: int = Field(default=60, ge=1, le=24 * 3600)
     # The menu cache (cache placement): how old a replica's own copy may get before
     # it is reloaded (memory), or the shared copy's TTL, a backstop (redis).
     cache_ttl_seconds: float = Field(default=30.0, gt=0, le=24 * 3600)
@@ -268,6 +312,9 @@ class Settings(BaseSettings):
         for kind, placement in self.place.items():
             if kind not in PLACEMENTS or placement not in PLACEMENTS[kind]:
                 raise ValueError(f"place {kind}={placement} is not a known placement")
+        conflict = placement_conflict(self.placements)
+        if conflict is not None:
+            raise ValueError(conflict)
         if self.redis_url is None:
             needy = [f"{k}={p}" for k, p in self.placements.items() if (k, p) in NEEDS_REDIS]
             if needy:
@@ -281,7 +328,7 @@ class Settings(BaseSettings):
     @property
     def placements(self) -> dict[str, str]:
         """The profile's placements with the ``--place`` overrides applied."""
-        return {**PROFILES[self.profile], **self.place}
+        return resolve_placements(self.profile, self.place)
 
     def placement(self, kind: str) -> str:
         return self.placements[kind]

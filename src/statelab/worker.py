@@ -12,6 +12,9 @@ Jobs (``perform_job`` runs one, in a replica for ``jobs=inprocess`` or in
   within ``max_image_pixels``, and by at most ``DECODE_SLOTS`` threads of a process
   at once, so decoding holds at most DECODE_SLOTS x max_image_pixels x 4 bytes.
   A photo refused by these rules gets no thumbnail: the job ends, logged, unfailed.
+- ``timers`` (payload ``{"period": N, "seconds": S}``, ``timers=scheduler`` only):
+  the periodic work of period N (``state/timers.py``): its sales summary (written
+  once, whatever the number of runs), the sweeps of expired rows.
 
 A queued job runs at least once: a redelivered job runs again from the start.
 So every effect is written once whatever the number of runs: the output file's
@@ -22,8 +25,10 @@ that only fills an empty field.
 
 ``run_worker`` is the worker process: it serves the saq queue until SIGTERM or
 SIGINT, then stops taking jobs, lets running ones finish for the graceful
-timeout and re-queues the rest. It logs to stderr and announces readiness with
-the log line ``worker <id> ready`` and the Redis key ``keys.worker_alive(id)``.
+timeout and re-queues the rest. With ``timers=scheduler`` it also keeps the next
+period's ``timers`` job enqueued, as every worker does (one job results). It logs
+to stderr and announces readiness with the log line ``worker <id> ready`` and the
+Redis key ``keys.worker_alive(id)``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from statelab.state.errors import store_guard
 from statelab.state.files import PILLOW_FORMATS, NewFile, check_image_header, clean_filename
 from statelab.state.jobs import QUEUE_FUNCTION, JobPolicy, QueueJobs
 from statelab.state.redisclient import RedisClient
+from statelab.state.timers import TIMER_JOB, SchedulerTimers
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +194,24 @@ async def make_thumbnail(stores: Stores, payload: dict[str, Any]) -> bool:
     return await stores.files.set_thumbnail(file_id, info.id)
 
 
+# ----------------------------------------------------------------------- timers
+
+
+async def run_timers(stores: Stores, payload: dict[str, Any]) -> bool:
+    """A period's work (``timers=scheduler``); True if it wrote a summary row."""
+    timers = stores.timers
+    if not isinstance(timers, SchedulerTimers):
+        log.error("a timers job reached a process with timers=%s; dropped", timers.name)
+        return False
+    written = await timers.run_job(payload, ran_by=stores.settings.replica_id)
+    log.info("period %s: %d summary row(s) written", payload.get("period"), written)
+    return written > 0
+
+
 JOBS: dict[str, Callable[[Stores, dict[str, Any]], Awaitable[bool]]] = {
     RECEIPT: make_receipt,
     THUMBNAIL: make_thumbnail,
+    TIMER_JOB: run_timers,
 }
 
 
@@ -281,6 +302,8 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
     if settings.placement("jobs") != "queue":
         raise ConfigError("statelab worker serves jobs=queue; these settings run jobs in-process")
     _warn_unshared(settings, worker_id)
+    # The worker's id is who ran what it writes (``ran_by`` of a summary row).
+    settings = settings.model_copy(update={"replica_id": worker_id})
     async with open_stores(settings) as stores:
         assert isinstance(stores.jobs, QueueJobs) and stores.redis is not None
         policy = stores.jobs.policy
@@ -301,6 +324,11 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
         )
         await alive.refresh()  # fails fast if Redis is unreachable
         fresh = asyncio.create_task(alive.keep_fresh())
+        schedule = (
+            asyncio.create_task(stores.timers.keep_scheduled())
+            if isinstance(stores.timers, SchedulerTimers)
+            else None
+        )
         log.info(
             "worker %s ready (queue %s, concurrency %d)", worker_id, keys.job_queue(), concurrency
         )
@@ -308,6 +336,8 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
             await worker.start()  # returns once a signal stopped it gracefully
         finally:
             fresh.cancel()
+            if schedule is not None:
+                schedule.cancel()
             await alive.remove()
             log.info("worker %s stopped after %d job(s)", worker_id, alive.jobs)
 

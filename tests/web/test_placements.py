@@ -8,8 +8,8 @@ import pytest
 from tests.support import register_and_login
 from tests.web.conftest import ShopFactory
 
-SESSION = [{"place": {"session": p}} for p in ("memory", "redis", "jwt")]
-CART = [{"place": {"cart": p}} for p in ("memory", "redis", "client")]
+SESSION = [{"place": {"session": p}} for p in ("memory", "redis", "jwt", "db")]
+CART = [{"place": {"cart": p}} for p in ("memory", "redis", "client", "db")]
 LEDGER = [{"place": {"ledger": p}} for p in ("memory", "db")]
 
 

@@ -76,7 +76,7 @@ from statelab.cluster.servers import (
     default_picker,
     require_free_port,
 )
-from statelab.config import NEEDS_REDIS, PROFILES, Profile
+from statelab.config import NEEDS_REDIS, Profile, placement_conflict, resolve_placements
 
 Balance = Literal["roundrobin", "sticky"]
 
@@ -115,7 +115,7 @@ class ClusterOptions:
 
     @property
     def placements(self) -> dict[str, str]:
-        return {**PROFILES[self.profile], **self.place}
+        return resolve_placements(self.profile, self.place)
 
     @property
     def needs_redis(self) -> bool:
@@ -155,6 +155,8 @@ class ClusterOptions:
             raise ClusterError(f"--replicas must be between 1 and {self.slots}", 400)
         if self.worker_count and self.placements["jobs"] != "queue":
             raise ClusterError("workers only have work with jobs=queue", 400)
+        if (conflict := placement_conflict(self.placements)) is not None:
+            raise ClusterError(conflict, 400)
         if self.balance not in (None, "roundrobin", "sticky"):
             raise ClusterError("--balance must be roundrobin or sticky", 400)
         if self.redis_persistence not in PERSISTENCE:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -171,3 +172,71 @@ class StoredFile(Base):
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
     thumbnail: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --------------------------------------------- session=db, cart=db, timers (0005)
+
+
+class LoginSession(Base):
+    """A session of the ``db`` placement: the row behind an opaque cookie id.
+
+    Times are unix seconds. ``live_until`` is the one deadline a read checks: the
+    idle timeout from the last renewal, capped by the absolute ``expires_at``; the
+    periodic sweep deletes rows past it (its index)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_user", "user_id", "created_at"),
+        Index("ix_sessions_live_until", "live_until"),
+    )
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str] = mapped_column(String(40))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    live_until: Mapped[float] = mapped_column(Double)
+    touched_at: Mapped[float] = mapped_column(Double)
+
+
+class Cart(Base):
+    """A cart of the ``db`` placement. Every change first takes this row (an upsert),
+    so changes of one cart are serialised on any database; the cart is forgotten
+    ``expires_at`` (unix seconds), renewed by each change."""
+
+    __tablename__ = "carts"
+    __table_args__ = (Index("ix_carts_expires_at", "expires_at"),)
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Double)
+
+
+class CartLine(Base):
+    __tablename__ = "cart_lines"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+    owner: Mapped[str] = mapped_column(
+        ForeignKey("carts.owner", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+
+class SalesReport(Base):
+    """One run of the periodic sales summary (``state/timers.py``).
+
+    ``slot`` is who may write the period's row: the replica id for ``timers=inprocess``
+    (each replica writes its own), ``scheduler`` for ``timers=scheduler`` (one row a
+    period). The unique constraint makes a second run of a period write nothing."""
+
+    __tablename__ = "sales_reports"
+    __table_args__ = (
+        UniqueConstraint("period_seconds", "period", "slot", name="uq_sales_reports_period"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    period_seconds: Mapped[int] = mapped_column(Integer)
+    period: Mapped[int] = mapped_column(BigInteger)  # floor(period start / period_seconds)
+    slot: Mapped[str] = mapped_column(String(64))
+    ran_by: Mapped[str] = mapped_column(String(64))
+    orders: Mapped[int] = mapped_column(Integer)
+    revenue_cents: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Double)

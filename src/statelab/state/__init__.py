@@ -16,7 +16,7 @@ from statelab.config import Settings
 from statelab.db.engine import make_engine, sessionmaker
 from statelab.domain.shop import CartLimits
 from statelab.keyring import MAKE_SECRET, Keys
-from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts
+from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts, SqlCarts
 from statelab.state.chat import ChatLimits, ChatStore, MemoryChat, RedisChat
 from statelab.state.errors import store_guard
 from statelab.state.files import (
@@ -27,7 +27,7 @@ from statelab.state.files import (
     default_object_store_url,
     object_store,
 )
-from statelab.state.jobs import JobQueue, open_jobs
+from statelab.state.jobs import JobQueue, QueueJobs, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.menu import MemoryMenuCache, MenuStore, RedisMenuCache, SqlMenu
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -38,9 +38,12 @@ from statelab.state.session import (
     JwtSessions,
     Lifetimes,
     MemorySessions,
+    PureJwtSessions,
     RedisSessions,
     SessionStore,
+    SqlSessions,
 )
+from statelab.state.timers import InProcessTimers, PeriodicWork, SchedulerTimers, Timers
 from statelab.state.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Stores:
     files: FileStore
     jobs: JobQueue
     menu: MenuStore  # the menu and prices: SQL, served through the cache placement
+    timers: Timers  # where the periodic work runs from (state/timers.py)
 
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
@@ -103,35 +107,57 @@ def make_redis(url: str) -> RedisClient:
     )
 
 
-def _session_store(settings: Settings, keys: Keys, redis: RedisLink | None) -> SessionStore:
-    life = Lifetimes(settings.session_idle_seconds, settings.session_absolute_seconds)
-    placement = settings.placement("session")
-    if placement == "memory":
-        return MemorySessions(life, settings.max_memory_sessions, settings.max_sessions_per_user)
-    assert redis is not None  # Settings refuses these placements without a Redis URL
-    if placement == "redis":
-        return RedisSessions(redis, life)
-    jwt_config = JwtConfig(
+def _jwt_config(settings: Settings, keys: Keys, ttl: int) -> JwtConfig:
+    return JwtConfig(
         keys=keys.jwt,
         active_kid=settings.jwt_active_kid,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
-        ttl=settings.jwt_ttl_seconds,
+        ttl=ttl,
         verified_cache=settings.max_verified_tokens,
     )
-    return JwtSessions(redis, jwt_config)
 
 
-def _cart_store(settings: Settings, keys: Keys, redis: RedisLink | None) -> CartStore:
+def _session_store(
+    settings: Settings, keys: Keys, redis: RedisLink | None, engine: AsyncEngine
+) -> SessionStore:
+    life = Lifetimes(settings.session_idle_seconds, settings.session_absolute_seconds)
+    placement = settings.placement("session")
+    if placement == "memory":
+        return MemorySessions(life, settings.max_memory_sessions, settings.max_sessions_per_user)
+    if placement == "db":
+        return SqlSessions(engine, life)
+    if placement == "jwt-pure":
+        return PureJwtSessions(_jwt_config(settings, keys, settings.jwt_pure_ttl_seconds))
+    assert redis is not None  # Settings refuses these placements without a Redis URL
+    if placement == "redis":
+        return RedisSessions(redis, life)
+    return JwtSessions(redis, _jwt_config(settings, keys, settings.jwt_ttl_seconds))
+
+
+def _cart_store(
+    settings: Settings, keys: Keys, redis: RedisLink | None, engine: AsyncEngine
+) -> CartStore:
     limits = CartLimits(settings.max_cart_lines, settings.max_line_quantity)
+    # Every placement forgets a cart as long after its last change as a Redis TTL does.
+    ttl = settings.session_absolute_seconds
     placement = settings.placement("cart")
     if placement == "memory":
-        # The same lifetime as a Redis cart's TTL, so both placements forget alike.
-        return MemoryCarts(limits, settings.session_absolute_seconds, settings.max_memory_carts)
+        return MemoryCarts(limits, ttl, settings.max_memory_carts)
     if placement == "client":
         return ClientCarts(keys.cart, limits, settings.max_client_cart_bytes)
+    if placement == "db":
+        return SqlCarts(engine, limits, ttl)
     assert redis is not None
-    return RedisCarts(redis, limits, ttl=settings.session_absolute_seconds)
+    return RedisCarts(redis, limits, ttl=ttl)
+
+
+def _timers(settings: Settings, engine: AsyncEngine, ledger: Ledger, jobs: JobQueue) -> Timers:
+    work, seconds = PeriodicWork(engine, ledger), settings.timer_period_seconds
+    if settings.placement("timers") == "inprocess":
+        return InProcessTimers(work, seconds, settings.replica_id)
+    assert isinstance(jobs, QueueJobs)  # Settings refuses timers=scheduler without jobs=queue
+    return SchedulerTimers(work, seconds, jobs)
 
 
 def _rate_limiter(settings: Settings, redis: RedisLink | None) -> RateLimiter:
@@ -218,14 +244,15 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
             redis=redis,
             link=link,
             users=UserStore(db_sessions, hasher),
-            sessions=_session_store(settings, keys, link),
-            carts=_cart_store(settings, keys, link),
+            sessions=_session_store(settings, keys, link, engine),
+            carts=_cart_store(settings, keys, link, engine),
             ledger=ledger,
             ratelimit=_rate_limiter(settings, link),
             chat=_chat_store(settings, redis, db_sessions),
             files=_file_store(settings, db_sessions),
             jobs=jobs,
             menu=_menu_store(settings, link, db_sessions),
+            timers=_timers(settings, engine, ledger, jobs),
         )
     finally:
         await jobs.close()

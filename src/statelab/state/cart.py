@@ -5,6 +5,12 @@
   concurrent changes through any number of replicas never lose an update.
 - ``client``: the cart travels in a signed, size-limited cookie. No server
   keeps it; two concurrent writes from one client race, and the last one wins.
+- ``db``: rows in SQL (``carts``, ``cart_lines``). A change runs in one
+  transaction that first takes the cart's row, so changes of one cart through any
+  number of replicas are serialised; each line's limits are checked by the very
+  statement that writes it, and a refused change rolls back whole. A cart is
+  forgotten ``ttl`` seconds after its last change, like the Redis key's TTL;
+  the periodic sweep deletes it (``sweep_carts``).
 
 A cart belongs to an *owner*: ``u:<user id>`` for a logged-in user, ``a:<random
 id>`` for an anonymous visitor. ``CartRef`` carries the owner and, for the client
@@ -29,6 +35,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,7 +44,11 @@ from typing import Protocol
 
 import orjson
 from redis.exceptions import ResponseError
+from sqlalchemy import delete, exists, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from statelab.db import models
+from statelab.db.engine import READ_ONLY, upsert, writing
 from statelab.domain.errors import LimitExceeded, Unavailable
 from statelab.domain.shop import CartLimits, CartLines
 from statelab.state import keys
@@ -319,3 +330,139 @@ class ClientCarts:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# ------------------------------------------------------------------------------ db
+
+#: Owners as the web layer makes them (``u:<id>``, ``a:<token>``); any other value
+#: (an anonymous cookie is the client's to choose) is stored under its digest, so
+#: what reaches the table always fits its column.
+_PLAIN_OWNER = re.compile(r"^[ua]:[A-Za-z0-9_-]{1,60}$")
+
+
+def _owner_key(owner: str) -> str:
+    if _PLAIN_OWNER.match(owner):
+        return owner
+    digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()
+    return "h:" + digest[:60]  # 240 bits: the column's 64 characters hold it
+
+
+class SqlCarts:
+    """Carts as SQL rows, changed in short transactions (see the module docstring).
+
+    A read is one statement outside any transaction (``READ_ONLY``). A change costs
+    a few statements in one transaction: forget the cart if it expired, take its
+    row (renewing its expiry), write each line, read the cart."""
+
+    name = "db"
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        limits: CartLimits,
+        ttl: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine = engine
+        self._limits = limits
+        self._ttl = ttl
+        self._clock = clock
+
+    async def get(self, ref: CartRef) -> CartLines:
+        with store_guard("database"):
+            async with self._engine.connect() as conn:
+                await conn.execution_options(**READ_ONLY)
+                return await self._lines(conn, _owner_key(ref.owner), self._clock())
+
+    async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
+        for qty in lines.values():
+            self._limits.check_quantity(qty)
+        owner, now = _owner_key(ref.owner), self._clock()
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await self._take(conn, owner, now)
+                for item_id, qty in lines.items():
+                    await self._write_line(conn, owner, item_id, qty, add=True)
+                return await self._lines(conn, owner, now)
+
+    async def set(self, ref: CartRef, item_id: int, quantity: int) -> CartLines:
+        self._limits.check_quantity(quantity, allow_zero=True)
+        owner, now = _owner_key(ref.owner), self._clock()
+        line = models.CartLine
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await self._take(conn, owner, now)
+                if quantity == 0:
+                    await conn.execute(
+                        delete(line).where(line.owner == owner, line.item_id == item_id)
+                    )
+                else:
+                    await self._write_line(conn, owner, item_id, quantity, add=False)
+                found = await self._lines(conn, owner, now)
+                if not found:  # an emptied cart is not kept
+                    await conn.execute(delete(models.Cart).where(models.Cart.owner == owner))
+                return found
+
+    async def clear(self, ref: CartRef) -> None:
+        cart = models.Cart
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await conn.execute(delete(cart).where(cart.owner == _owner_key(ref.owner)))
+
+    async def _take(self, conn: AsyncConnection, owner: str, now: float) -> None:
+        """Forget the cart if it expired, then create or renew its row. The upsert
+        locks the row until the transaction ends: the next change of this cart waits."""
+        cart = models.Cart
+        await conn.execute(delete(cart).where(cart.owner == owner, cart.expires_at <= now))
+        taken = upsert(conn.dialect, cart).values(owner=owner, expires_at=now + self._ttl)
+        await conn.execute(
+            taken.on_conflict_do_update(
+                index_elements=[cart.owner], set_={"expires_at": taken.excluded.expires_at}
+            )
+        )
+
+    async def _write_line(
+        self, conn: AsyncConnection, owner: str, item_id: int, qty: int, *, add: bool
+    ) -> None:
+        """Add to (or set) one line in one statement that also checks the limits: a
+        new line only while the cart has room, a sum only up to the line maximum."""
+        line = models.CartLine
+        held = select(func.count()).where(line.owner == owner).scalar_subquery()
+        present = exists().where(line.owner == owner, line.item_id == item_id)
+        source = select(literal(owner), literal(item_id), literal(qty)).where(
+            or_(held < self._limits.max_lines, present)
+        )
+        insert = upsert(conn.dialect, line).from_select(["owner", "item_id", "quantity"], source)
+        summed = line.quantity + insert.excluded.quantity
+        written = await conn.scalar(
+            insert.on_conflict_do_update(
+                index_elements=[line.owner, line.item_id],
+                set_={"quantity": summed if add else insert.excluded.quantity},
+                where=summed <= self._limits.max_quantity if add else None,
+            ).returning(line.quantity)
+        )
+        if written is None:
+            had = await conn.scalar(select(present))
+            raise LimitExceeded(
+                f"quantity must be between 1 and {self._limits.max_quantity}"
+                if had
+                else f"a cart holds at most {self._limits.max_lines} different items"
+            )
+
+    async def _lines(self, conn: AsyncConnection, owner: str, now: float) -> CartLines:
+        line, cart = models.CartLine, models.Cart
+        rows = await conn.execute(
+            select(line.item_id, line.quantity)
+            .join(cart, cart.owner == line.owner)
+            .where(line.owner == owner, cart.expires_at > now)
+        )
+        return {int(item): int(qty) for item, qty in rows}
+
+
+async def sweep_carts(engine: AsyncEngine, now: float) -> int:
+    """Delete the SQL carts (and their lines) past their expiry; returns how many."""
+    cart = models.Cart
+    with store_guard("database"):
+        async with writing(engine) as conn:
+            result = await conn.execute(delete(cart).where(cart.expires_at <= now))
+    return int(result.rowcount)

@@ -9,9 +9,12 @@
   killed worker runs again elsewhere (at least once). Job effects are therefore
   written to be idempotent (see ``statelab.worker``).
 
-A job is a name (``receipt``, ``thumbnail``), a JSON payload and a key. The key
-names the effect: enqueueing a key that is already queued or recently finished
-does nothing.
+A job is a name (``receipt``, ``thumbnail``, ``timers``), a JSON payload and a
+key. The key names the effect: enqueueing a key that is already waiting or running
+does nothing. saq forgets a key once its job has finished (the record stays for
+``ttl`` but no longer blocks an enqueue), so a key enqueued again after that runs
+again: effects are idempotent, and the timers only ever enqueue a period that has
+not started yet (``state/timers.py``).
 
 Why saq: asyncio-native like our stores, typed, maintained, and its crash
 recovery is a per-job heartbeat plus a periodic sweep, which works whether or
@@ -53,7 +56,7 @@ class JobPolicy:
     heartbeat: int  # a running job silent this long is taken for dead and redelivered
     timeout: int  # a job running longer is cancelled and retried
     retries: int = 5  # attempts in all, including redeliveries
-    ttl: int = 3600  # a finished job's record stays this long: same-key enqueues are ignored
+    ttl: int = 3600  # a finished job's record (its result and status) stays this long
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobPolicy:
@@ -84,7 +87,7 @@ class JobQueue(Protocol):
         ...
 
     async def enqueue(self, job: str, payload: dict[str, Any], *, key: str) -> None:
-        """Schedule ``job`` with ``payload``; a key already scheduled is ignored."""
+        """Schedule ``job`` with ``payload``; a key already waiting or running is ignored."""
         ...
 
     async def close(self) -> None: ...
@@ -176,13 +179,19 @@ class QueueJobs:
     def attach(self, runner: Runner) -> None:
         """Queued jobs run in workers, never in the replica that enqueued them."""
 
-    async def enqueue(self, job: str, payload: dict[str, Any], *, key: str) -> None:
+    async def enqueue(
+        self, job: str, payload: dict[str, Any], *, key: str, at: int | None = None
+    ) -> None:
+        """Queue ``job``; with ``at`` (unix seconds) it waits in the queue's schedule
+        until then. A key still waiting or running is ignored; saq forgets a key once
+        its job has finished, so a later enqueue of it runs again."""
         p = self.policy
         with store_guard("redis"):
             await asyncio.wait_for(
                 self.queue.enqueue(
                     QUEUE_FUNCTION,
                     key=keys.job_key(key),  # the queue's hash tag: state/keys.py
+                    scheduled=at or 0,
                     timeout=p.timeout,
                     heartbeat=p.heartbeat,
                     retries=p.retries,

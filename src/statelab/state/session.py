@@ -6,10 +6,23 @@
 - ``redis``: an opaque 128-bit id in a cookie, the session in a Redis hash.
 - ``jwt``: a signed token the client carries. Nothing is looked up to trust it,
   but logout and logout-all need a shared deny-list, which lives in Redis.
+- ``db``: an opaque id in a cookie, the session a row of one SQL table
+  (``sessions``): the semantics of ``redis`` (idle and absolute expiry, a device
+  list, logout-all) on the database the shop already has. Expired rows are
+  deleted by the periodic sweep (``state/timers.py``, ``sweep_sessions``).
+- ``jwt-pure``: a signed token and nothing else. No store is asked on any request
+  (signature and expiry only), so nothing can end a token before it expires:
+  logout only deletes the client's copy and logout-all revokes nothing. That is
+  why its lifetime is its own, short setting (``jwt_pure_ttl_seconds``, 5 minutes
+  by default): the longest a logged-out or stolen token stays usable.
+
+Every store says how long a credential may still be accepted after ``revoke`` or
+``revoke_all`` (``revocation_lag``): 0 where the store ends it at once.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -18,7 +31,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import jwt
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from statelab.db import models
+from statelab.db.engine import READ_ONLY, writing
 from statelab.domain.errors import Unavailable
 from statelab.state import keys
 from statelab.state.errors import store_guard
@@ -59,6 +76,8 @@ class SessionStore(Protocol):
 
     name: str
     credential: CredentialKind
+    #: Seconds a credential may still be accepted after ``revoke``/``revoke_all``.
+    revocation_lag: int
 
     async def issue(self, user_id: int, username: str, user_agent: str) -> Issued: ...
 
@@ -80,8 +99,10 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
 
-def _new_session(user_id: int, username: str, user_agent: str, life: Lifetimes) -> Session:
-    now = time.time()
+def _new_session(
+    user_id: int, username: str, user_agent: str, life: Lifetimes, now: float | None = None
+) -> Session:
+    now = time.time() if now is None else now
     return Session(
         sid=keys.owned_id(user_id, new_session_id()),  # its user's hash tag: state/keys.py
         user_id=user_id,
@@ -107,6 +128,7 @@ class MemorySessions:
 
     name = "memory"
     credential: CredentialKind = "cookie"
+    revocation_lag = 0
 
     def __init__(
         self,
@@ -260,6 +282,7 @@ class RedisSessions:
 
     name = "redis"
     credential: CredentialKind = "cookie"
+    revocation_lag = 0
 
     def __init__(self, redis: RedisLink, life: Lifetimes) -> None:
         self._redis = redis
@@ -329,7 +352,7 @@ class JwtConfig:
     issuer: str
     audience: str
     ttl: int
-    verified_cache: int = 50_000  # tokens remembered as verified (see JwtSessions.decode)
+    verified_cache: int = 50_000  # tokens remembered as verified (see JwtCodec.decode)
 
 
 #: The only algorithm accepted. Never read the algorithm from the token itself.
@@ -338,26 +361,26 @@ _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 _LEEWAY = 5  # seconds of clock skew tolerated between replicas
 
 
-class JwtSessions:
-    """Identity in a signed token. Revocation needs Redis again: a deny-list."""
+class JwtCodec:
+    """Signs sessions into tokens and verifies tokens back into sessions (HS256,
+    a ``kid`` per key, every claim required); no store is involved."""
 
-    name = "jwt"
-    credential: CredentialKind = "bearer"
-
-    def __init__(self, redis: RedisLink, config: JwtConfig) -> None:
+    def __init__(self, config: JwtConfig) -> None:
         if config.active_kid not in config.keys:
             raise ValueError(f"jwt active kid {config.active_kid!r} has no key")
-        self._redis = redis
-        self._config = config
+        self.config = config
         self._verified: dict[str, dict[str, Any]] = {}  # token -> its verified claims
 
-    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
-        life = Lifetimes(idle=self._config.ttl, absolute=self._config.ttl)
-        session = _new_session(user_id, username, user_agent, life)
-        cfg = self._config
+    def new_session(self, user_id: int, username: str, user_agent: str) -> Session:
+        """A session that lives as long as its token."""
+        life = Lifetimes(idle=self.config.ttl, absolute=self.config.ttl)
+        return _new_session(user_id, username, user_agent, life)
+
+    def sign(self, session: Session) -> str:
+        cfg = self.config
         claims = {
-            "sub": str(user_id),
-            "name": username,
+            "sub": str(session.user_id),
+            "name": session.username,
             "jti": session.sid,
             "csrf": session.csrf_token,
             "iat": int(session.created_at),
@@ -366,16 +389,26 @@ class JwtSessions:
             "iss": cfg.issuer,
             "aud": cfg.audience,
         }
-        token = jwt.encode(
+        return jwt.encode(
             claims, cfg.keys[cfg.active_kid], algorithm="HS256", headers={"kid": cfg.active_kid}
         )
-        await self._record(session)
-        return Issued(session, token)
 
-    async def _record(self, session: Session) -> None:
-        ttl = self._config.ttl
-        index = keys.user_tokens(session.user_id)
-        await _store_session(self._redis, keys.token(session.sid), index, session, ttl, ttl)
+    def session(self, token: str) -> Session | None:
+        """The session a valid token carries; None if any check fails."""
+        claims = self.decode(token)
+        if claims is None:
+            return None
+        try:
+            return Session(
+                sid=str(claims["jti"]),
+                user_id=int(claims["sub"]),
+                username=str(claims.get("name", "")),
+                csrf_token=str(claims.get("csrf", "")),
+                created_at=float(claims.get("auth_time", claims["iat"])),
+                expires_at=float(claims["exp"]),
+            )
+        except (TypeError, ValueError):
+            return None
 
     def decode(self, token: str) -> dict[str, Any] | None:
         """Verify signature, algorithm, issuer, audience and expiry; None if any fails.
@@ -391,7 +424,7 @@ class JwtSessions:
             return None
         claims = self._verify(token)
         if claims is not None:
-            if len(self._verified) >= self._config.verified_cache:
+            if len(self._verified) >= self.config.verified_cache:
                 # The oldest: tokens share one lifetime, so it is the nearest to expiry.
                 del self._verified[next(iter(self._verified))]
             self._verified[token] = claims
@@ -400,15 +433,15 @@ class JwtSessions:
     def _verify(self, token: str) -> dict[str, Any] | None:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self._config.keys.get(kid) if isinstance(kid, str) else None
+            key = self.config.keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 return None
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
                 algorithms=JWT_ALGORITHMS,
-                audience=self._config.audience,
-                issuer=self._config.issuer,
+                audience=self.config.audience,
+                issuer=self.config.issuer,
                 options={"require": _REQUIRED_CLAIMS},
                 leeway=_LEEWAY,
             )
@@ -416,20 +449,37 @@ class JwtSessions:
             return None
         return claims
 
+
+class JwtSessions:
+    """Identity in a signed token. Revocation needs Redis again: a deny-list."""
+
+    name = "jwt"
+    credential: CredentialKind = "bearer"
+    revocation_lag = 0
+
+    def __init__(self, redis: RedisLink, config: JwtConfig) -> None:
+        self._codec = JwtCodec(config)
+        self._redis = redis
+        self._config = config
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        session = self._codec.new_session(user_id, username, user_agent)
+        token = self._codec.sign(session)
+        await self._record(session)
+        return Issued(session, token)
+
+    async def _record(self, session: Session) -> None:
+        ttl = self._config.ttl
+        index = keys.user_tokens(session.user_id)
+        await _store_session(self._redis, keys.token(session.sid), index, session, ttl, ttl)
+
+    def decode(self, token: str) -> dict[str, Any] | None:
+        """The verified claims of a token (``JwtCodec.decode``)."""
+        return self._codec.decode(token)
+
     async def resolve(self, credential: str) -> Session | None:
-        claims = self.decode(credential)
-        if claims is None:
-            return None
-        try:
-            session = Session(
-                sid=str(claims["jti"]),
-                user_id=int(claims["sub"]),
-                username=str(claims.get("name", "")),
-                csrf_token=str(claims.get("csrf", "")),
-                created_at=float(claims.get("auth_time", claims["iat"])),
-                expires_at=float(claims["exp"]),
-            )
-        except (TypeError, ValueError):
+        session = self._codec.session(credential)
+        if session is None:
             return None
         with store_guard("redis"):
             denied, cutoff = await self._redis.call(
@@ -473,3 +523,171 @@ class JwtSessions:
         with store_guard("redis"):
             jtis = await self._redis.call("ZRANGEBYSCORE", index, repr(time.time()), "+inf")
             return await _load_sessions(self._redis, jtis, keys.token)
+
+
+class PureJwtSessions:
+    """Identity in a signed token and nothing else: no store on any request.
+
+    ``resolve`` checks the signature and the expiry, in this process. Nothing is
+    recorded when a token is issued, so there is no device list (``list_for_user``
+    is empty) and nothing to revoke: ``revoke`` and ``revoke_all`` end no token; a
+    token already issued is accepted until it expires (``revocation_lag``: its
+    lifetime plus the clock-skew leeway)."""
+
+    name = "jwt-pure"
+    credential: CredentialKind = "bearer"
+
+    def __init__(self, config: JwtConfig) -> None:
+        self._codec = JwtCodec(config)
+        self.revocation_lag = config.ttl + _LEEWAY
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        session = self._codec.new_session(user_id, username, user_agent)
+        return Issued(session, self._codec.sign(session))
+
+    async def resolve(self, credential: str) -> Session | None:
+        return self._codec.session(credential)
+
+    async def revoke(self, session: Session) -> None:
+        """Nothing to do: the token stays valid until it expires (the client's copy
+        is deleted by the caller)."""
+
+    async def revoke_all(self, user_id: int) -> int:
+        """Nothing can be revoked: no token of the user was recorded anywhere."""
+        return 0
+
+    async def list_for_user(self, user_id: int) -> list[Session]:
+        """Nothing is recorded, so no device is known."""
+        return []
+
+
+# ------------------------------------------------------------------------------ db
+
+_T = models.LoginSession
+#: The columns a lookup reads, in ``Session``'s order, then the two deadlines.
+_COLUMNS = (
+    _T.sid,
+    _T.user_id,
+    _T.username,
+    _T.csrf_token,
+    _T.created_at,
+    _T.expires_at,
+    _T.user_agent,
+    _T.live_until,
+    _T.touched_at,
+)
+
+
+def _session_of(row: Row[*tuple[Any, ...]]) -> Session:
+    return Session(
+        sid=row.sid,
+        user_id=row.user_id,
+        username=row.username,
+        csrf_token=row.csrf_token,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        user_agent=row.user_agent,
+    )
+
+
+#: The shape of the ids ``_new_session`` makes (``<user id>.<URL-safe random>``, see
+#: ``keys.owned_id``); anything else is no session id and is refused before a query
+#: (a cookie's bytes are the client's to choose; the column holds 64 characters).
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{16,64}")
+
+
+class SqlSessions:
+    """Sessions as rows of one SQL table, with the semantics of ``RedisSessions``.
+
+    A request costs one primary-key read, outside any transaction (on SQLite it
+    waits for no writer: ``READ_ONLY``); the idle deadline is renewed (one UPDATE)
+    only when a tenth of the idle timeout has passed since the last renewal, so the
+    effective idle timeout lies between 90% and 100% of the setting. A row past its
+    deadline is never answered; the periodic sweep deletes it (``sweep_sessions``)."""
+
+    name = "db"
+    credential: CredentialKind = "cookie"
+    revocation_lag = 0
+
+    def __init__(
+        self, engine: AsyncEngine, life: Lifetimes, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._engine = engine
+        self._life = life
+        self._clock = clock
+
+    async def issue(self, user_id: int, username: str, user_agent: str) -> Issued:
+        session = _new_session(user_id, username, user_agent, self._life, self._clock())
+        now = session.created_at
+        row = {
+            "sid": session.sid,
+            "user_id": user_id,
+            "username": username,
+            "csrf_token": session.csrf_token,
+            "user_agent": session.user_agent,
+            "created_at": now,
+            "expires_at": session.expires_at,
+            "live_until": min(now + self._life.idle, session.expires_at),
+            "touched_at": now,
+        }
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await conn.execute(insert(_T).values(row))
+        return Issued(session, session.sid)
+
+    async def resolve(self, credential: str) -> Session | None:
+        if not _SESSION_ID.fullmatch(credential):
+            return None
+        with store_guard("database"):
+            async with self._engine.connect() as conn:
+                await conn.execution_options(**READ_ONLY)
+                row = (await conn.execute(select(*_COLUMNS).where(_T.sid == credential))).first()
+        now = self._clock()
+        if row is None or now >= row.live_until:
+            return None
+        if now - row.touched_at > self._life.idle / 10:
+            await self._renew(credential, min(now + self._life.idle, row.expires_at), now)
+        return _session_of(row)
+
+    async def _renew(self, sid: str, live_until: float, now: float) -> None:
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await conn.execute(
+                    update(_T)
+                    .where(_T.sid == sid, _T.live_until > now)
+                    .values(live_until=live_until, touched_at=now)
+                )
+
+    async def revoke(self, session: Session) -> None:
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                await conn.execute(delete(_T).where(_T.sid == session.sid))
+
+    async def revoke_all(self, user_id: int) -> int:
+        with store_guard("database"):
+            async with writing(self._engine) as conn:
+                ended = await conn.execute(
+                    delete(_T).where(_T.user_id == user_id).returning(_T.live_until)
+                )
+                deadlines = list(ended.scalars())
+        now = self._clock()
+        return sum(1 for deadline in deadlines if deadline > now)  # the live ones
+
+    async def list_for_user(self, user_id: int) -> list[Session]:
+        with store_guard("database"):
+            async with self._engine.connect() as conn:
+                await conn.execution_options(**READ_ONLY)
+                rows = await conn.execute(
+                    select(*_COLUMNS)
+                    .where(_T.user_id == user_id, _T.live_until > self._clock())
+                    .order_by(_T.created_at)
+                )
+                return [_session_of(row) for row in rows]
+
+
+async def sweep_sessions(engine: AsyncEngine, now: float) -> int:
+    """Delete the SQL sessions past their deadline; returns how many."""
+    with store_guard("database"):
+        async with writing(engine) as conn:
+            result = await conn.execute(delete(_T).where(_T.live_until <= now))
+    return int(result.rowcount)

@@ -12,8 +12,7 @@ from starlette.responses import Response
 from statelab.config import Settings
 from statelab.db.engine import StatementCount
 from statelab.state import Stores, open_stores
-from statelab.state.ledger import sweeping
-from statelab.web import admin, auth, chat, files, openapi, ops, pages, problems, shop
+from statelab.web import admin, auth, chat, files, openapi, ops, pages, problems, reports, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
 from statelab.worker import perform_job
 
@@ -28,8 +27,8 @@ def create_app(settings: Settings) -> FastAPI:
             stores.jobs.attach(partial(perform_job, stores))  # where jobs=inprocess runs them
             app.state.draining = False
             app.state.metrics.watch(_store_calls(stores))
-            sweeper = sweeping(stores.ledger, settings.idempotency_ttl_seconds)  # expired keys
-            async with chat.running(app, stores), sweeper:  # sockets' hub, subscriber, heartbeat
+            # The sockets' hub, subscriber and heartbeat; the periodic work (timers=inprocess).
+            async with chat.running(app, stores), stores.timers.running():
                 yield
 
     app = FastAPI(
@@ -48,7 +47,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     problems.install(app)
     app.add_exception_handler(BodyTooLarge, _too_large)
-    for router in (auth.router, shop.router, admin.router, ops.router, chat.router, files.router):
+    for router in (
+        auth.router,
+        shop.router,
+        admin.router,
+        reports.router,
+        ops.router,
+        chat.router,
+        files.router,
+    ):
         app.include_router(router)
     pages.install(app)  # the browser pages and /static
     openapi.install(app)  # every route's error answers, once all are included

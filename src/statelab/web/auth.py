@@ -74,7 +74,14 @@ class Devices(BaseModel):
 
 
 class Revoked(BaseModel):
-    revoked: int
+    revoked: int = Field(description="Sessions or tokens ended now, on every replica")
+    immediate: bool = Field(
+        description="false for session=jwt-pure: nothing records its tokens, so none can "
+        "be ended early; each stays valid until it expires"
+    )
+    valid_for_up_to_seconds: int = Field(
+        description="How long a credential issued before may still be accepted (0 if none)"
+    )
 
 
 class CsrfToken(BaseModel):
@@ -185,14 +192,17 @@ async def logout(request: Request, stores: StoresDep, user: UserDep) -> Response
 async def logout_all(
     request: Request, response: Response, stores: StoresDep, user: UserDep
 ) -> Revoked:
-    """Revoke every session or token of the user, on every replica that shares the store."""
+    """Revoke every session or token of the user, on every replica that shares the
+    store. A pure token (session=jwt-pure) cannot be revoked: the answer says so
+    (``immediate: false``) and for how long one may still be accepted."""
     revoked = await stores.sessions.revoke_all(user.user_id)
+    lag = stores.sessions.revocation_lag
     for name in (SESSION_COOKIE, TOKEN_COOKIE, CART_COOKIE):
         set_cookie(request, response, stores, name, None, 0)
     hooks = getattr(request.app.state, "on_logout_all", [])
     for hook in hooks:
         await hook(user.user_id)
-    return Revoked(revoked=revoked)
+    return Revoked(revoked=revoked, immediate=lag == 0, valid_for_up_to_seconds=lag)
 
 
 @router.get("/me")
@@ -209,8 +219,11 @@ async def me(stores: StoresDep, user: UserDep) -> Me:
 
 @router.get("/sessions")
 async def sessions(stores: StoresDep, user: UserDep) -> Devices:
-    """This user's logged-in devices."""
+    """This user's logged-in devices. The caller's own is always among them, also
+    where nothing records sessions (session=jwt-pure lists only that one)."""
     found = await stores.sessions.list_for_user(user.user_id)
+    if all(s.sid != user.sid for s in found):
+        found = [user, *found]
     return Devices(
         sessions=[
             Device(
