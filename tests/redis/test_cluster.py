@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from statelab.cluster.redis import ClusterRedis, RedisNode, ask
@@ -111,26 +112,41 @@ async def test_while_a_primary_is_down_only_its_slots_are_unavailable(
     client = redis_client(cluster.url, decode_responses=True, socket_timeout=1.0)
     try:
         await link.batch([("SET", f"k{i}", str(i)) for i in range(100)])
-        victim = owner(cluster, "k0")
-        assert await link.call("WAIT", 1, 2000) >= 0
-        ask(victim.port, "WAIT", "1", "2000")  # its replica has every write
+        assert await client.ping()
+        victim = slot_zero_owner(cluster)  # the node a keyless command is tried on first
+        mine = next(f"k{i}" for i in range(100) if owner(cluster, f"k{i}") is victim)
         elsewhere = next(f"k{i}" for i in range(100) if owner(cluster, f"k{i}") is not victim)
+        ask(victim.port, "WAIT", "1", "2000")  # its replica has every write
+        assert isinstance(client, RedisCluster)
+        default = client.get_node("127.0.0.1", victim.port)
+        assert default is not None
+        client.set_default_node(default)  # where redis-py sends a PING by default
         victim.kill(signal.SIGKILL)
         with pytest.raises(Unavailable), store_guard("redis"):
-            await link.call("GET", "k0")
+            await link.call("GET", mine)
         assert await link.call("GET", elsewhere) == elsewhere[1:]  # other primaries serve on
+        # Readiness: the cluster still answers, so no replica is taken out of rotation.
+        assert await link.call("PING") == "PONG"
+        assert await client.ping()
         began = time.monotonic()
         while True:
             try:
-                assert await link.call("GET", "k0") == "0"
+                assert await link.call("GET", mine) == mine[1:]
                 break
             except (ConnectionError, TimeoutError):
                 assert time.monotonic() - began < 15, "the replica never took over"
                 await asyncio.sleep(0.1)
-        assert await client.get("k0") == "0"  # redis-py's cluster client follows too
+        assert await client.get(mine) == mine[1:]  # redis-py's cluster client follows too
     finally:
         await link.aclose()
         await client.aclose()
+
+
+def slot_zero_owner(topology: ClusterRedis) -> RedisNode:
+    for start, _end, primary, *_ in ask(topology.primaries()[0].port, "CLUSTER", "SLOTS"):
+        if start == 0:
+            return next(n for n in topology.nodes if n.port == primary[1])
+    raise AssertionError("nobody serves slot 0")
 
 
 async def test_pubsub_and_presence_script_through_redis_py(shared_cluster: ClusterRedis) -> None:

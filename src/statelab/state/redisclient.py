@@ -68,7 +68,7 @@ class _SentinelPrimary(Redis):
 class _Cluster(RedisCluster):
     """A cluster client whose pub/sub first learns the slot map: redis-py's picks a
     node by the first channel's slot and fails (KeyError) on a client that has sent
-    nothing yet."""
+    nothing yet. (Its PING already moves on from a dead default node.)"""
 
     def pubsub(
         self, node: Any = None, host: str | None = None, port: int | None = None, **kwargs: Any

@@ -412,6 +412,25 @@ class _Cluster:
 
     async def send(self, slot: int | None, commands: Sequence[Command], count: int) -> list[Any]:
         """Send to the primary of ``slot`` (any node for None), following redirections."""
+        if slot is None:
+            return await self._send_anywhere(commands, count)
+        return await self._send_to_slot(slot, commands, count)
+
+    async def _send_anywhere(self, commands: Sequence[Command], count: int) -> list[Any]:
+        """A keyless command (PING): to the first primary that answers, so one dead
+        primary does not make the whole cluster look unreachable."""
+        if self._stale:
+            await self._refresh()
+        candidates = dict.fromkeys([*(a for a in self._slots if a is not None), *self._seeds])
+        failure: Exception = ConnectionError("no Redis Cluster node is known")
+        for address in candidates:
+            try:
+                return await self._node(address).send(commands, count)
+            except (ConnectionError, TimeoutError) as exc:
+                self._stale, failure = True, exc
+        raise failure
+
+    async def _send_to_slot(self, slot: int, commands: Sequence[Command], count: int) -> list[Any]:
         asking: Address | None = None
         for _ in range(MAX_REDIRECTS):
             if self._stale:
@@ -432,7 +451,7 @@ class _Cluster:
             if redirect is None:
                 return replies
             kind, target = redirect
-            if kind == "MOVED" and slot is not None:
+            if kind == "MOVED":
                 self._slots[slot] = target
                 self._stale = True  # a whole range probably moved
             elif kind == "ASK" and count == 1:
@@ -441,10 +460,7 @@ class _Cluster:
                 await asyncio.sleep(TRYAGAIN_PAUSE)
         raise ConnectionError(f"Redis Cluster redirected a command {MAX_REDIRECTS} times")
 
-    def _owner(self, slot: int | None) -> Address:
-        if slot is None:
-            known = [a for a in self._slots if a is not None]
-            return known[0] if known else self._seeds[0]
+    def _owner(self, slot: int) -> Address:
         address = self._slots[slot]
         if address is None:
             self._stale = True
