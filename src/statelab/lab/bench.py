@@ -1,7 +1,8 @@
 """``statelab bench``: the cart workload against each profile, side by side.
 
-Each profile gets one replica process (same machine, same settings otherwise) over
-one Redis and one SQLite file. The load comes from ``wrk`` (C, event-driven: it
+Each column (a profile, or a profile with placements changed: ``COLUMNS``) gets one
+replica process (same machine, same settings otherwise) over one Redis and its own
+SQLite file. The load comes from ``wrk`` (C, event-driven: it
 uses a fraction of the CPU the Python replica does, so the replica is what
 saturates) with a Lua script: every connection is one logged-in user who reads
 the cart four times for each item added — the workload of a shop page.
@@ -30,7 +31,15 @@ from statelab.cluster.cgroups import CpuQuota
 from statelab.cluster.servers import MissingBinary, PortedProcess, RedisServer
 from statelab.db.migrate import upgrade
 
-PROFILES = ("stateful", "stateless", "token")
+#: What is measured: a column's name -> its profile and ``--place`` overrides.
+COLUMNS: dict[str, tuple[str, dict[str, str]]] = {
+    "stateful": ("stateful", {}),
+    "stateless": ("stateless", {}),
+    "token": ("token", {}),
+    "sql": ("stateless", {"session": "db", "cart": "db"}),  # sessions and carts in SQL
+    "jwt-pure": ("token", {"session": "jwt-pure"}),  # no deny-list lookup per request
+}
+PROFILES = tuple(COLUMNS)
 WORKLOAD = "cart: 4 x GET /api/cart per POST /api/cart/items, one logged-in user per connection"
 
 # wrk's Lua: each connection takes one user's credentials; 1 in 5 requests adds an item.
@@ -83,13 +92,15 @@ def parse_wrk(output: str) -> Result:
     return Result(rps, pct.get("50", 0.0), pct.get("99", 0.0), errors)
 
 
-def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> PortedProcess:
-    """One replica of ``profile`` on a port of its own."""
+def _replica(run_dir: Path, column: str, env: dict[str, str]) -> PortedProcess:
+    """One replica of ``column`` (``COLUMNS``) on a port of its own."""
+    profile, place = COLUMNS[column]
 
     def argv(port: int) -> list[str]:
         return [
             sys.executable, "-m", "statelab", "serve", "--profile", profile,
-            "--port", str(port), "--replica-id", f"{profile}-r1",
+            "--port", str(port), "--replica-id", f"{column}-r1",
+            *(arg for kind, p in place.items() for arg in ("--place", f"{kind}={p}")),
         ]  # fmt: skip
 
     def ready(port: int) -> bool:
@@ -98,7 +109,7 @@ def _replica(run_dir: Path, profile: str, env: dict[str, str]) -> PortedProcess:
         except httpx.TransportError:
             return False
 
-    return PortedProcess(f"bench-{profile}", run_dir, argv, env=env, ready=ready)
+    return PortedProcess(f"bench-{column}", run_dir, argv, env=env, ready=ready)
 
 
 def login_users(url: str, count: int, users_file: Path) -> None:
@@ -234,6 +245,9 @@ def run(
             f"{rounds} rounds per profile taken in turns, median"
         ),
         "profiles": results,
+        "columns": {
+            name: {"profile": COLUMNS[name][0], "place": COLUMNS[name][1]} for name in profiles
+        },
         "scale_out": curve,
         "scale_out_note": f"stateless profile through HAProxy; {note}",
     }
