@@ -29,7 +29,7 @@ class Profile(StrEnum):
 PLACEMENTS: dict[str, tuple[str, ...]] = {
     "session": ("memory", "redis", "jwt", "db", "jwt-pure"),
     "cart": ("memory", "redis", "client", "db"),
-    "ledger": ("memory", "db"),
+    "ledger": ("memory", "db", "replicated"),
     "chat": ("memory", "redis"),
     "files": ("disk", "objects"),
     "jobs": ("inprocess", "queue"),
@@ -83,6 +83,7 @@ NEEDS_REDIS: frozenset[tuple[str, str]] = frozenset(
         ("chat", "redis"),
         ("jobs", "queue"),
         ("ratelimit", "redis"),
+        ("ledger", "replicated"),  # the replication log is a Redis Stream
         ("cache", "redis"),
         ("timers", "scheduler"),  # its schedule and runs go through the job queue
     }

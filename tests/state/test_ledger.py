@@ -1,13 +1,15 @@
 """The ledger placements as stores: one outcome per key, even when a commit
 succeeds and its driver then fails; keys forgotten after their TTL in bounded
 batches; a memory ledger that keeps a bounded number of keys; accounts opened by
-racing first top-ups. SQL ledgers run on SQLite and on PostgreSQL."""
+racing first top-ups. SQL ledgers run on SQLite and on PostgreSQL; the replicated
+ledger (one copy on a real Redis) answers the same outcomes."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,9 @@ from statelab.db.engine import make_engine, sessionmaker
 from statelab.db.migrate import upgrade
 from statelab.domain.errors import InsufficientFunds, Unavailable
 from statelab.domain.shop import load_menu, price
+from statelab.state import make_redis
 from statelab.state.ledger import Idempotency, Ledger, MemoryLedger, SqlLedger
+from statelab.state.replicated_ledger import ReplicatedLedger
 from tests.support import unique
 
 TTL = 60.0  # seconds; the tests move the clock by passing ``now_ms`` to sweep
@@ -52,11 +56,6 @@ async def sql_sessions(sql_url: str) -> AsyncIterator[async_sessionmaker[AsyncSe
         await engine.dispose()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "memory" else _migrated(request, request.param)
-
-
 @dataclass
 class Book:
     """A ledger of one placement and a user it can credit."""
@@ -65,18 +64,68 @@ class Book:
     user_id: int
 
 
-@pytest.fixture
-async def book(database: str | None) -> AsyncIterator[Book]:
-    """Each placement; the SQL one on SQLite and on PostgreSQL."""
-    if database is None:
+#: A placement and where it keeps its data: no URL (memory), a migrated SQL
+#: database's or a Redis's.
+Where = tuple[str, str | None]
+
+
+def _where(request: pytest.FixtureRequest) -> Where:
+    """The fixture's placement and its store (resolved here, outside the event loop:
+    migrations run their own)."""
+    placement: str = request.param
+    if placement == "memory":
+        return placement, None
+    if placement == "replicated":
+        return placement, request.getfixturevalue("redis_url")
+    return placement, _migrated(request, placement)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "replicated"])
+def anywhere(request: pytest.FixtureRequest) -> Where:
+    return _where(request)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def swept_by_the_clock(request: pytest.FixtureRequest) -> Where:
+    """The placements whose ``sweep`` forgets by the clock it is shown (the replicated
+    ledger forgets by its log's clock alone: tests/state/test_replicated_ledger.py)."""
+    return _where(request)
+
+
+@asynccontextmanager
+async def open_book(where: Where) -> AsyncIterator[Book]:
+    placement, url = where
+    if url is None:
         yield Book(MemoryLedger(TTL, max_keys=1000), 1)
-        return
-    engine = make_engine(database)
-    try:
-        sessions = sessionmaker(engine)
-        yield Book(SqlLedger(sessions, TTL), await new_user(sessions))
-    finally:
-        await engine.dispose()
+    elif placement == "replicated":
+        client = make_redis(url)
+        replicated = ReplicatedLedger(client, TTL, max_keys=1000)
+        replicated.start()
+        try:
+            yield Book(replicated, 1)
+        finally:
+            await replicated.close()
+            await client.aclose()
+    else:
+        engine = make_engine(url)
+        try:
+            sessions = sessionmaker(engine)
+            yield Book(SqlLedger(sessions, TTL), await new_user(sessions))
+        finally:
+            await engine.dispose()
+
+
+@pytest.fixture
+async def book(anywhere: Where) -> AsyncIterator[Book]:
+    """Each placement; the SQL one on SQLite and on PostgreSQL."""
+    async with open_book(anywhere) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def sweepable(swept_by_the_clock: Where) -> AsyncIterator[Book]:
+    async with open_book(swept_by_the_clock) as opened:
+        yield opened
 
 
 async def new_user(sessions: async_sessionmaker[AsyncSession]) -> int:
@@ -194,8 +243,10 @@ async def test_a_commit_that_raises_after_succeeding_is_replayed_not_applied_aga
 # -------------------------------------------------------------------- expiry
 
 
-async def test_sweep_forgets_expired_keys_oldest_first_in_bounded_batches(book: Book) -> None:
-    ledger, user_id = book.ledger, book.user_id
+async def test_sweep_forgets_expired_keys_oldest_first_in_bounded_batches(
+    sweepable: Book,
+) -> None:
+    ledger, user_id = sweepable.ledger, sweepable.user_id
     for i in range(5):
         await ledger.top_up(user_id, 10, idem(f"k{i}"))
     ttl_ms = int(TTL * 1000)
@@ -213,8 +264,8 @@ async def test_sweep_forgets_expired_keys_oldest_first_in_bounded_batches(book: 
     assert await ledger.balance(user_id) == 60
 
 
-async def test_sweep_keeps_keys_younger_than_the_ttl(book: Book) -> None:
-    ledger, user_id = book.ledger, book.user_id
+async def test_sweep_keeps_keys_younger_than_the_ttl(sweepable: Book) -> None:
+    ledger, user_id = sweepable.ledger, sweepable.user_id
     await ledger.top_up(user_id, 10, idem("old"))
     assert await ledger.sweep(later(-DAY_MS)) == 0
     assert await ledger.sweep(later(int(TTL * 1000) - 5000)) == 0

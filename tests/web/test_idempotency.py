@@ -13,7 +13,7 @@ import pytest
 from tests.support import register_and_login
 from tests.web.conftest import ShopFactory
 
-LEDGER = ["memory", "db"]
+LEDGER = ["memory", "db", "replicated"]
 
 
 @pytest.mark.parametrize("ledger", LEDGER)

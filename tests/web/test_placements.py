@@ -10,7 +10,7 @@ from tests.web.conftest import ShopFactory
 
 SESSION = [{"place": {"session": p}} for p in ("memory", "redis", "jwt", "db")]
 CART = [{"place": {"cart": p}} for p in ("memory", "redis", "client", "db")]
-LEDGER = [{"place": {"ledger": p}} for p in ("memory", "db")]
+LEDGER = [{"place": {"ledger": p}} for p in ("memory", "db", "replicated")]
 
 
 def _id(param: dict[str, dict[str, str]]) -> str:

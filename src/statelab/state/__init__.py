@@ -33,6 +33,7 @@ from statelab.state.menu import MemoryMenuCache, MenuStore, RedisMenuCache, SqlM
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from statelab.state.redisclient import RedisClient, redis_client
 from statelab.state.redislink import RedisLink
+from statelab.state.replicated_ledger import ReplicatedLedger
 from statelab.state.session import (
     JwtConfig,
     JwtSessions,
@@ -74,6 +75,8 @@ class Stores:
         status = {"database": await _sql_answers(self.engine)}
         if self.redis is not None and self.link is not None:
             status["redis"] = await _redis_answers(self.redis, self.link)
+        if isinstance(self.ledger, ReplicatedLedger):
+            status["ledger"] = self.ledger.ready  # has replayed the replication log
         return status
 
 
@@ -191,6 +194,21 @@ def _menu_store(
     return RedisMenuCache(source, redis, ttl)
 
 
+def _ledger(
+    settings: Settings, db: async_sessionmaker[AsyncSession], redis: RedisClient | None
+) -> Ledger:
+    ttl, max_keys = settings.idempotency_ttl_seconds, settings.max_memory_idempotency_keys
+    placement = settings.placement("ledger")
+    if placement == "memory":
+        return MemoryLedger(ttl, max_keys)
+    if placement == "db":
+        return SqlLedger(db, ttl)
+    assert redis is not None
+    ledger = ReplicatedLedger(redis, ttl, max_keys)
+    ledger.start()  # replays the log in the background; /readyz waits for it
+    return ledger
+
+
 def _file_store(settings: Settings, db: async_sessionmaker[AsyncSession]) -> FileStore:
     if settings.placement("files") == "disk":
         return DiskFiles(settings.data_dir / "files")
@@ -229,13 +247,8 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib, parallelism=1
     )
     db_sessions = sessionmaker(engine)
-    ttl = settings.idempotency_ttl_seconds
-    ledger: Ledger = (
-        MemoryLedger(ttl, settings.max_memory_idempotency_keys)
-        if settings.placement("ledger") == "memory"
-        else SqlLedger(db_sessions, ttl)
-    )
     jobs = open_jobs(settings)
+    ledger = _ledger(settings, db_sessions, redis)
     try:
         yield Stores(
             settings=settings,
@@ -256,6 +269,8 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
         )
     finally:
         await jobs.close()
+        if isinstance(ledger, ReplicatedLedger):
+            await ledger.close()
         if redis is not None:
             await redis.aclose()
         if link is not None:

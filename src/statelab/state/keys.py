@@ -152,3 +152,13 @@ def menu() -> str:
     price, and only ever by a newer version. TTL: ``cache_ttl_seconds``, a backstop
     should a replacement ever fail."""
     return f"{PREFIX}menu"
+
+
+def ledger_log() -> str:
+    """STREAM of the replicated ledger's commands (``ledger=replicated``), in the one
+    order every replica applies them. Fields: ``cmd`` (the command as JSON) and
+    ``prev`` (the id of the entry before, written by the appending script, so a copy
+    notices a log that lost entries). No TTL and no trimming: it is the ledger itself,
+    replayed from its first entry by every replica that starts
+    (``state/replicated_ledger.py``). One key, so one slot in a cluster."""
+    return f"{PREFIX}ledger:log"

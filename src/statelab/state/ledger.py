@@ -5,6 +5,9 @@
 - ``db``: one SQL database. A withdrawal is a conditional ``UPDATE ... WHERE
   balance >= amount`` plus a ledger row in one transaction, so concurrent
   withdrawals through any replicas never take a balance below zero.
+- ``replicated``: every replica keeps its own copy (a ``Book``, as the memory
+  ledger does) and applies one shared, ordered replication log, so every copy
+  computes the same outcomes (``state/replicated_ledger.py``).
 
 Every money-moving call carries an ``Idempotency`` (key + request fingerprint) and
 returns an ``Outcome`` saying what happened: the money moved (``applied``), an
@@ -25,21 +28,21 @@ How each placement keeps one outcome per key:
   in a savepoint, so a refusal undoes whatever it wrote and the key still records
   the refusal, in the same transaction.
 - ``memory`` runs each call without awaiting: the event loop makes it atomic.
+- ``replicated`` lets the log order the calls; a key already applied makes a later
+  entry with it a replay, on every copy alike.
 
 Keys are remembered for ``idempotency_ttl_seconds``: ``sweep`` forgets older ones
-in bounded batches, and ``sweeping`` runs it in the background of an app. The
-memory ledger also keeps at most ``max_keys``, forgetting the oldest first, so a
-flood of keys cannot grow a replica without limit.
+in bounded batches (the periodic work of ``state/timers.py`` calls it). The memory
+and replicated ledgers also keep at most ``max_keys``, forgetting the oldest first,
+so a flood of keys cannot grow a replica without limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -58,8 +61,6 @@ from statelab.domain.errors import (
 )
 from statelab.domain.shop import PricedCart, positive_amount
 from statelab.state.errors import store_guard
-
-log = logging.getLogger(__name__)
 
 #: At most this many keys are forgotten per ``sweep`` call: one short transaction,
 #: so a backlog never holds the write lock (SQLite) or many row locks for long.
@@ -190,39 +191,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# ------------------------------------------------------------------------ sweeping
-
-
-def sweep_interval(ttl_seconds: float) -> float:
-    """Seconds between sweeps: a tenth of the TTL, between 1 s and a minute, so a
-    key is forgotten at most a minute after it expires."""
-    return min(60.0, max(1.0, ttl_seconds / 10))
-
-
-@contextlib.asynccontextmanager
-async def sweeping(ledger: Ledger, ttl_seconds: float) -> AsyncIterator[None]:
-    """Forget expired idempotency keys in the background while the block runs."""
-    task = asyncio.create_task(_sweep_forever(ledger, sweep_interval(ttl_seconds)))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _sweep_forever(ledger: Ledger, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            swept = SWEEP_BATCH
-            while swept >= SWEEP_BATCH:  # a backlog: batch after batch, each one short
-                swept = await ledger.sweep(_now_ms())
-        except Exception:
-            # A store that is down now may be back at the next round; keys only wait.
-            log.warning("sweeping idempotency keys failed; trying again later", exc_info=True)
-
-
 # ---------------------------------------------------------------------------- memory
 
 
@@ -239,44 +207,47 @@ class _Remembered:
     at_ms: int
 
 
-class MemoryLedger:
-    """Balances in this replica's memory. Each operation runs without awaiting,
-    so the event loop makes it atomic within the replica — and only there."""
+class Book:
+    """One copy of balances, orders and remembered keys in memory.
 
-    name = "memory"
+    Every change is a synchronous call told its time (unix ms), so what the book
+    answers depends on nothing but the calls made and their order: the memory ledger
+    drives one with the wall clock; each replica of the replicated ledger drives its
+    own with the entries of one shared log, and every copy answers alike. Order ids
+    count the paid orders, and keys expire by the time of the call that finds them,
+    for the same reason. Times must not go backwards (a log's never do).
+    """
 
-    def __init__(self, key_ttl_seconds: float, max_keys: int) -> None:
+    def __init__(self, key_ttl_ms: int, max_keys: int) -> None:
         self._accounts: dict[int, _MemoryAccount] = {}
         self._orders: dict[int, tuple[int, dict[str, Any]]] = {}
         # Oldest first: keys are only ever appended, so expiry and the bound both
         # forget from the front.
         self._keys: OrderedDict[tuple[int, str], _Remembered] = OrderedDict()
-        self._ttl_ms = int(key_ttl_seconds * 1000)
+        self._ttl_ms = key_ttl_ms
         self._max_keys = max_keys
         self._next_order = 1
 
     def _account(self, user_id: int) -> _MemoryAccount:
         return self._accounts.setdefault(user_id, _MemoryAccount())
 
-    async def balance(self, user_id: int) -> int:
-        return self._account(user_id).balance
+    def balance(self, user_id: int) -> int:
+        account = self._accounts.get(user_id)
+        return 0 if account is None else account.balance
 
-    async def replay(self, user_id: int, idem: Idempotency) -> Outcome | None:
-        return self._recall(user_id, idem)
-
-    async def sweep(self, now_ms: int, batch: int = SWEEP_BATCH) -> int:
-        return self._forget(now_ms, batch)
-
-    def _recall(self, user_id: int, idem: Idempotency) -> Outcome | None:
+    def recall(self, user_id: int, idem: Idempotency, now_ms: int | None = None) -> Outcome | None:
+        """The recorded outcome of the key (a replay), None if it is unknown — or,
+        given ``now_ms``, expired by then; ``IdempotencyMismatch`` for another body."""
         seen = self._keys.get((user_id, idem.key))
-        if seen is None:
+        if seen is None or (now_ms is not None and seen.at_ms < now_ms - self._ttl_ms):
             return None
         if seen.fingerprint != idem.fingerprint:
             raise _mismatch()
         return replace(seen.outcome, replayed=True)
 
-    def _forget(self, now_ms: int, batch: int | None = None) -> int:
-        """Forget keys older than the TTL, oldest first (all of them without a batch)."""
+    def forget(self, now_ms: int, batch: int | None = None) -> int:
+        """Forget keys older than the TTL at ``now_ms``, oldest first (all of them
+        without a batch); returns how many were forgotten."""
         cutoff, forgotten = now_ms - self._ttl_ms, 0
         while self._keys and (batch is None or forgotten < batch):
             if next(iter(self._keys.values())).at_ms >= cutoff:
@@ -285,25 +256,27 @@ class MemoryLedger:
             forgotten += 1
         return forgotten
 
-    def _remember(self, user_id: int, idem: Idempotency, outcome: Outcome) -> None:
-        self._keys[(user_id, idem.key)] = _Remembered(idem.fingerprint, outcome, _now_ms())
+    def _remember(self, user_id: int, idem: Idempotency, outcome: Outcome, at_ms: int) -> None:
+        self._keys[(user_id, idem.key)] = _Remembered(idem.fingerprint, outcome, at_ms)
         while len(self._keys) > self._max_keys:
             # The bound wins over the TTL: under a flood, the oldest keys go first.
             self._keys.popitem(last=False)
 
-    def _once(self, user_id: int, idem: Idempotency, op: Callable[[], Outcome]) -> Outcome:
-        self._forget(_now_ms())
-        recalled = self._recall(user_id, idem)
+    def _once(
+        self, user_id: int, idem: Idempotency, at_ms: int, op: Callable[[], Outcome]
+    ) -> Outcome:
+        self.forget(at_ms)
+        recalled = self.recall(user_id, idem)
         if recalled is not None:
             return recalled
         try:
             outcome = op()
         except InsufficientFunds as exc:
             outcome = _refused(exc)
-        self._remember(user_id, idem, outcome)
+        self._remember(user_id, idem, outcome, at_ms)
         return outcome
 
-    async def top_up(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+    def top_up(self, user_id: int, amount: int, idem: Idempotency, at_ms: int) -> Outcome:
         positive_amount(amount)
 
         def op() -> Outcome:
@@ -311,9 +284,9 @@ class MemoryLedger:
             account.balance += amount
             return _applied(account.balance)
 
-        return self._once(user_id, idem, op)
+        return self._once(user_id, idem, at_ms, op)
 
-    async def withdraw(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+    def withdraw(self, user_id: int, amount: int, idem: Idempotency, at_ms: int) -> Outcome:
         positive_amount(amount)
 
         def op() -> Outcome:
@@ -323,37 +296,80 @@ class MemoryLedger:
             account.balance -= amount
             return _applied(account.balance)
 
-        return self._once(user_id, idem, op)
+        return self._once(user_id, idem, at_ms, op)
 
-    async def checkout(self, user_id: int, cart: PricedCart, idem: Idempotency) -> Outcome:
+    def checkout(
+        self, user_id: int, items: list[dict[str, Any]], total: int, idem: Idempotency, at_ms: int
+    ) -> Outcome:
+        """Pay ``total`` for ``items`` (as ``_items`` lists a cart) and record the order."""
+
         def op() -> Outcome:
             account = self._account(user_id)
-            if account.balance < cart.total_cents:
-                raise _insufficient(account.balance, cart.total_cents)
-            account.balance -= cart.total_cents
+            if account.balance < total:
+                raise _insufficient(account.balance, total)
+            account.balance -= total
             order_id, self._next_order = self._next_order, self._next_order + 1
-            order = _order_body(order_id, _items(cart), cart.total_cents, datetime.now(UTC), None)
+            at = datetime.fromtimestamp(at_ms / 1000, UTC)
+            order = _order_body(order_id, [dict(i) for i in items], total, at, None)
             self._orders[order_id] = (user_id, order)
             account.orders.append(order)
             return Outcome("created", {**order, "balance_cents": account.balance})
 
-        return self._once(user_id, idem, op)
+        return self._once(user_id, idem, at_ms, op)
 
-    async def orders(self, user_id: int) -> list[dict[str, Any]]:
-        return [dict(o) for o in reversed(self._account(user_id).orders)]
+    def orders(self, user_id: int) -> list[dict[str, Any]]:
+        account = self._accounts.get(user_id)
+        return [] if account is None else [dict(o) for o in reversed(account.orders)]
 
-    async def order(self, user_id: int, order_id: int) -> dict[str, Any]:
+    def order(self, user_id: int, order_id: int) -> dict[str, Any]:
         owner, order = self._orders.get(order_id, (None, None))
         if owner != user_id or order is None:
             raise NotFound(f"order {order_id} not found")
         return dict(order)
 
-    async def set_receipt(self, order_id: int, receipt: str) -> bool:
+    def set_receipt(self, order_id: int, receipt: str) -> bool:
         _, order = self._orders.get(order_id, (None, None))
         if order is None or order["receipt"] is not None:
             return False
         order["receipt"] = receipt
         return True
+
+
+class MemoryLedger:
+    """Balances in this replica's memory. Each operation runs without awaiting,
+    so the event loop makes it atomic within the replica — and only there."""
+
+    name = "memory"
+
+    def __init__(self, key_ttl_seconds: float, max_keys: int) -> None:
+        self._book = Book(int(key_ttl_seconds * 1000), max_keys)
+
+    async def balance(self, user_id: int) -> int:
+        return self._book.balance(user_id)
+
+    async def replay(self, user_id: int, idem: Idempotency) -> Outcome | None:
+        return self._book.recall(user_id, idem)
+
+    async def sweep(self, now_ms: int, batch: int = SWEEP_BATCH) -> int:
+        return self._book.forget(now_ms, batch)
+
+    async def top_up(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        return self._book.top_up(user_id, amount, idem, _now_ms())
+
+    async def withdraw(self, user_id: int, amount: int, idem: Idempotency) -> Outcome:
+        return self._book.withdraw(user_id, amount, idem, _now_ms())
+
+    async def checkout(self, user_id: int, cart: PricedCart, idem: Idempotency) -> Outcome:
+        return self._book.checkout(user_id, _items(cart), cart.total_cents, idem, _now_ms())
+
+    async def orders(self, user_id: int) -> list[dict[str, Any]]:
+        return self._book.orders(user_id)
+
+    async def order(self, user_id: int, order_id: int) -> dict[str, Any]:
+        return self._book.order(user_id, order_id)
+
+    async def set_receipt(self, order_id: int, receipt: str) -> bool:
+        return self._book.set_receipt(order_id, receipt)
 
 
 # -------------------------------------------------------------------------------- db
