@@ -167,13 +167,13 @@ async def test_every_replica_runs_its_own_timer(sqlite_url: str) -> None:
     try:
         replicas = [InProcessTimers(_work(engine), 1, rid) for rid in ("r1", "r2", "r3")]
         async with replicas[0].running(), replicas[1].running(), replicas[2].running():
-            await asyncio.sleep(2.6)
+            await asyncio.sleep(3.3)
         rows = await _rows(engine)
     finally:
         await engine.dispose()
     per_period = Counter(p for p, *_ in rows)
-    assert len(per_period) >= 2
-    assert set(per_period.values()) == {3}  # three replicas: three runs of each period
+    between = sorted(per_period)[1:-1]  # the last one may have been cut short
+    assert between and all(per_period[p] == 3 for p in between)  # three replicas, three runs
     assert {slot for _, slot, *_ in rows} == {"r1", "r2", "r3"}
 
 

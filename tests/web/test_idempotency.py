@@ -41,7 +41,9 @@ async def test_a_refusal_is_replayed_as_the_same_problem(shop: ShopFactory, ledg
 
 @pytest.mark.parametrize("ledger", LEDGER)
 async def test_keys_are_forgotten_after_their_ttl(shop: ShopFactory, ledger: str) -> None:
-    client = await shop("stateless", place={"ledger": ledger}, idempotency_ttl_seconds=1)
+    # The periodic work forgets expired keys: here each replica runs it every second.
+    place = {"ledger": ledger, "timers": "inprocess"}
+    client = await shop("stateless", place=place, idempotency_ttl_seconds=1, timer_period_seconds=1)
     headers = await register_and_login(client)
 
     async def top_up(cents: int) -> httpx.Response:

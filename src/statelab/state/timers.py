@@ -69,8 +69,9 @@ log = logging.getLogger(__name__)
 TIMER_JOB = "timers"
 #: The slot of the summary rows the scheduler writes: one per period.
 SCHEDULER_SLOT = "scheduler"
-#: Periods before the current one a scheduled run fills in when they have no row.
-CATCH_UP = 10
+#: Periods before the current one a scheduled run fills in when they have no row:
+#: bounded, so the run after a long outage stays one short transaction.
+CATCH_UP = 100
 #: Longest wait between two enqueues of the next period's job by one worker.
 SCHEDULE_EVERY = 1.0
 
