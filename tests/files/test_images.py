@@ -17,9 +17,9 @@ from PIL import Image
 
 from statelab.config import build_settings
 from statelab.domain.errors import InvalidInput
+from statelab.jobs import perform_job, render_thumbnail
 from statelab.state import Stores, open_stores
 from statelab.state.files import NewFile
-from statelab.worker import perform_job, render_thumbnail
 from tests.files.support import SECRET, Deployment, image_bytes
 from tests.support import register_and_login, unique
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
+import redis
 from statelab.config import build_settings
+from statelab.jobs import make_receipt
 from statelab.state import keys, open_stores
-from statelab.worker import make_receipt
 from tests.files.support import (
     SECRET,
     Deployment,

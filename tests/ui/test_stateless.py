@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import Browser, BrowserContext, ElementHandle, Page, expect
 
-from statelab.worker import THUMBNAIL_SIZE
+from statelab.jobs import THUMBNAIL_SIZE
 from tests.cluster.conftest import RunningCluster
 from tests.ui.support import (
     PASSWORD,

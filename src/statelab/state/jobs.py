@@ -7,7 +7,7 @@
   through saq. A running job's worker refreshes the job's heartbeat; a worker's
   sweep puts a job whose heartbeat went silent back in the queue, so the job of a
   killed worker runs again elsewhere (at least once). Job effects are therefore
-  written to be idempotent (see ``statelab.worker``).
+  written to be idempotent (see ``statelab.jobs``).
 
 A job is a name (``receipt``, ``thumbnail``, ``timers``), a JSON payload and a
 key. The key names the effect: enqueueing a key that is already waiting or running
@@ -40,7 +40,7 @@ from statelab.state.redisclient import redis_client
 
 log = logging.getLogger(__name__)
 
-#: The one saq function every queued job goes through (``statelab.worker.perform``).
+#: The one saq function every queued job goes through (``statelab.worker``).
 QUEUE_FUNCTION = "perform"
 #: A dead worker never confirms an abort; waiting saq's default 5 s for it only
 #: delays the redelivery.

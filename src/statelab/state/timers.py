@@ -65,7 +65,7 @@ from statelab.state.session import sweep_sessions
 
 log = logging.getLogger(__name__)
 
-#: The job name of a period's work in the queue (``statelab.worker`` runs it).
+#: The job name of a period's work in the queue (``statelab.jobs`` runs it).
 TIMER_JOB = "timers"
 #: The slot of the summary rows the scheduler writes: one per period.
 SCHEDULER_SLOT = "scheduler"

@@ -11,10 +11,10 @@ from starlette.responses import Response
 
 from statelab.config import Settings
 from statelab.db.engine import StatementCount
+from statelab.jobs import perform_job
 from statelab.state import Stores, open_stores
 from statelab.web import admin, auth, chat, files, openapi, ops, pages, problems, reports, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
-from statelab.worker import perform_job
 
 
 def create_app(settings: Settings) -> FastAPI:
