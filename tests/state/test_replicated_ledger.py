@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from statelab.cluster.redis import ClusterRedis
 from statelab.cluster.servers import RedisServer
 from statelab.domain.errors import IdempotencyMismatch, Unavailable
 from statelab.domain.shop import load_menu, price
@@ -260,3 +261,46 @@ async def test_a_copy_rebuilds_itself_when_the_log_lost_what_it_applied(
     assert await a.balance(10) == 70
     late = await copies(url=own_redis.url)
     assert await late.balance(10) == 70
+
+
+async def test_a_redis_that_cannot_take_writes_is_unavailable_and_nothing_is_appended(
+    copies: Copies, own_redis: RedisServer, closed_port: int
+) -> None:
+    ledger = await copies(url=own_redis.url)
+    await ledger.top_up(11, 100, idem("t"))
+    async with Redis.from_url(own_redis.url, decode_responses=True) as raw:
+        await raw.config_set("maxmemory", 1)  # and noeviction: writes are refused
+        with pytest.raises(Unavailable):
+            await ledger.top_up(11, 100, idem("oom"))
+        await raw.config_set("maxmemory", 0)
+        await raw.replicaof("127.0.0.1", closed_port)  # a replica: read-only
+        with pytest.raises(Unavailable):
+            await ledger.top_up(11, 100, idem("read-only"))
+        await raw.replicaof("NO", "ONE")
+        assert await raw.xlen(keys.ledger_log()) == 1
+    assert await ledger.balance(11) == 100
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[ClusterRedis]:
+    """A Redis Cluster (three primaries, a replica each) of this test's own."""
+    topology = ClusterRedis(tmp_path / "cluster", "off")
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+async def test_copies_over_a_redis_cluster_apply_one_log(
+    copies: Copies, own_cluster: ClusterRedis
+) -> None:
+    # The log is one key, so one slot: its script and blocking reads go to one primary.
+    a, b = await copies(url=own_cluster.url), await copies(url=own_cluster.url)
+    await a.top_up(12, 1000, idem("t"))
+    outcomes = await asyncio.gather(
+        *((a, b)[i % 2].withdraw(12, 300, idem(f"w{i}")) for i in range(6))
+    )
+    assert [o.kind for o in outcomes].count("applied") == 3
+    await caught_up(a, b)
+    assert await a.balance(12) == await b.balance(12) == 100

@@ -67,6 +67,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from statelab.domain.errors import StatelabError, Unavailable
 from statelab.domain.shop import PricedCart, positive_amount
@@ -94,6 +95,11 @@ READ_BATCH = 2000
 #: and the idle period after which the copy checks that the log still holds its last
 #: entry.
 BLOCK_MS = 1000
+#: A Redis that answers but cannot take an append now: a replica left read-only
+#: (mid-failover), out of memory, or a cluster slot in transition. A 503: retrying
+#: later can succeed, and nothing was appended.
+_CANNOT_APPEND = (ReadOnlyError, OutOfMemoryError, TryAgainError, ClusterDownError)
+
 #: Pause before following the log again after Redis failed.
 RETRY_SECONDS = 0.5
 
@@ -320,14 +326,20 @@ class ReplicatedLedger:
         waiter: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[command.id] = waiter
         try:
-            with store_guard("redis"):
-                await self._append(keys=[self._key], args=[command.model_dump_json()])
+            await self._log(command)
             result = await self._applied(waiter)
         finally:
             self._waiting.pop(command.id, None)
         if isinstance(result, StatelabError):
             raise result
         return result
+
+    async def _log(self, command: TopUp | Withdraw | Checkout | Receipt) -> None:
+        try:
+            with store_guard("redis"):
+                await self._append(keys=[self._key], args=[command.model_dump_json()])
+        except _CANNOT_APPEND as exc:
+            raise Unavailable(f"redis cannot take the change now: {type(exc).__name__}") from exc
 
     async def _applied(self, waiter: asyncio.Future[Result]) -> Result:
         try:
