@@ -324,7 +324,9 @@ def judge_c6(r: _Reader) -> Judgement:
     )
     story = (
         f"The stateful profile saturated at {_m(local, 'saturation_rps')} requests/s; each "
-        "configuration was then loaded at a quarter, a half and three quarters of that. "
+        "configuration was then loaded at a quarter, a half and three quarters of that, and "
+        "the delayed one also through a TCP proxy that holds each packet between the replicas "
+        "and Redis for 0.25 or 1 ms each way (this kernel has no netem). "
         + (f"'Slightly' holds at {', '.join(holds)}. " if holds else "'Slightly' holds nowhere. ")
         + (f"It does not at {', '.join(fails)}." if fails else "")
     )

@@ -149,27 +149,39 @@ def latency_cdfs(runs: list[Run]) -> Figure | None:
 
 
 def memory(runs: list[Run]) -> Figure | None:
-    """Memory growth against sessions held: the replica and Redis, per placement."""
+    """Memory against sessions created: MiB held (with the replica's limit), and what
+    each session has cost so far, in the replica and in Redis, per placement."""
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, (held, each) = plt.subplots(1, 2, figsize=(9, 3))
     for run in runs:
         pts = run.metrics["points"]
-        xs = [p["sessions"] for p in pts]
-        ax.plot(xs, [(p["replica_rss_bytes"]) / 2**20 for p in pts], marker=".",
-                label=f"{run.variant.label} sessions: replica RSS")  # fmt: skip
+        if len(pts) < 2:
+            continue
+        first, rest = pts[0], pts[1:]
+        xs = [p["sessions"] for p in rest]
+        label = f"{run.variant.label} sessions"
+        held.plot([p["sessions"] for p in pts], [p["replica_rss_bytes"] / 2**20 for p in pts],
+                  marker=".", label=f"{label}: replica")  # fmt: skip
+        each.plot(xs, [(p["replica_rss_bytes"] - first["replica_rss_bytes"]) / p["sessions"]
+                       for p in rest], marker=".", label=f"{label}: replica")  # fmt: skip
         if any(p["redis_used_bytes"] for p in pts):
-            ax.plot(xs, [p["redis_used_bytes"] / 2**20 for p in pts], linestyle="--",
-                    label=f"{run.variant.label} sessions: Redis used memory")  # fmt: skip
+            held.plot([p["sessions"] for p in pts], [p["redis_used_bytes"] / 2**20 for p in pts],
+                      linestyle="--", label=f"{label}: Redis")  # fmt: skip
+            each.plot(xs, [(p["redis_used_bytes"] - first["redis_used_bytes"]) / p["sessions"]
+                           for p in rest], linestyle="--", label=f"{label}: Redis")  # fmt: skip
     limit = runs[0].metrics["limit_bytes"] / 2**20
-    ax.axhline(limit, color="#dc2626", linewidth=1, label=f"replica cgroup limit {limit:.0f} MiB")
-    ax.set_xlabel("sessions created")
-    ax.set_ylabel("MiB")
-    ax.legend(fontsize=7)
+    held.axhline(limit, color="#dc2626", linewidth=1, label=f"replica limit {limit:.0f} MiB")
+    held.set_xlabel("sessions created")
+    held.set_ylabel("memory held (MiB)")
+    held.legend(fontsize=7)
+    each.set_xlabel("sessions created")
+    each.set_ylabel("bytes per session so far")
+    each.legend(fontsize=7)
     return _render(
         fig,
-        "memory: resident memory of the replica and Redis's used memory as sessions are "
-        "created, with the replica's cgroup limit.",
+        "memory: the replica's resident memory and Redis's used memory as sessions are created "
+        "(left, with the replica's cgroup limit), and the growth per session so far (right).",
     )
 
 

@@ -76,7 +76,7 @@ async def play_memory(ctx: Context) -> Played:
     limit = int(limited["memory_limit_bytes"])
     name = f"mem-{uuid.uuid4().hex[:6]}"
     creds = {"username": name, "password": PASSWORD}
-    points: list[Point] = []
+    points = [Point(sessions=0, replica_rss_bytes=rss0, redis_used_bytes=redis0)]
     samples: list[str] = []  # every 100th session cookie, to check afterwards
     made, outcome, target = 0, "held", _target(ctx)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -111,8 +111,7 @@ async def play_memory(ctx: Context) -> Played:
     if outcome == "killed":
         await ctx.deployment.start(rid)  # what an orchestrator would do
     alive_after = await _sessions_alive(url, samples)
-    last = points[-1] if points else Point(sessions=0, replica_rss_bytes=rss0,
-                                           redis_used_bytes=redis0)  # fmt: skip
+    last = points[-1]
     grew, redis_grew = last["replica_rss_bytes"] - rss0, last["redis_used_bytes"] - redis0
     sessions = max(1, last["sessions"])
     metrics = MemoryMetrics(
@@ -125,11 +124,11 @@ async def play_memory(ctx: Context) -> Played:
         sessions_sampled=len(samples),
         replica_growth_bytes=grew,
         redis_growth_bytes=redis_grew,
-        replica_bytes_per_session=round(grew / sessions) if points else None,
-        redis_bytes_per_session=round(redis_grew / sessions) if points else None,
+        replica_bytes_per_session=round(grew / sessions) if len(points) > 1 else None,
+        redis_bytes_per_session=round(redis_grew / sessions) if len(points) > 1 else None,
         points=points,
     )
-    invariants = {"at least one batch of logins measured": bool(points)}
+    invariants = {"at least one batch of logins measured": len(points) > 1}
     if not ctx.local("session"):
         invariants["the replica held every session"] = outcome == "held"
     return Played(invariants, dict(metrics), await ctx.timeline())
