@@ -154,15 +154,16 @@ class Receipt(_Command):
     receipt: str
 
 
-Command = Annotated[TopUp | Withdraw | Checkout | Receipt, Field(discriminator="op")]
-_COMMAND: TypeAdapter[TopUp | Withdraw | Checkout | Receipt] = TypeAdapter(Command)
+#: Every command the log holds, told apart by ``op``.
+Command = TopUp | Withdraw | Checkout | Receipt
+_COMMAND: TypeAdapter[Command] = TypeAdapter(Annotated[Command, Field(discriminator="op")])
 
 #: What applying one entry gave: an outcome, a receipt's "attached?", or the error
 #: the writer raises (an Idempotency-Key used with another body).
 Result = Outcome | bool | StatelabError
 
 
-def execute(book: Book, command: TopUp | Withdraw | Checkout | Receipt, at_ms: int) -> Result:
+def execute(book: Book, command: Command, at_ms: int) -> Result:
     """Apply one command to a book: the state machine's transition."""
     try:
         match command:
@@ -213,10 +214,9 @@ class ReplicatedLedger:
         max_keys: int,
         *,
         wait_seconds: float = 5.0,
-        log_key: str | None = None,
     ) -> None:
         self._redis = redis
-        self._key = log_key or keys.ledger_log()
+        self._key = keys.ledger_log()
         self._append = redis.register_script(APPEND)
         self._ttl_ms = int(key_ttl_seconds * 1000)
         self._max_keys = max_keys
@@ -321,7 +321,7 @@ class ReplicatedLedger:
         assert isinstance(result, Outcome)
         return result
 
-    async def _commit(self, command: TopUp | Withdraw | Checkout | Receipt) -> Outcome | bool:
+    async def _commit(self, command: Command) -> Outcome | bool:
         """Append the command and wait for this copy to apply it; its result."""
         waiter: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[command.id] = waiter
@@ -334,7 +334,7 @@ class ReplicatedLedger:
             raise result
         return result
 
-    async def _log(self, command: TopUp | Withdraw | Checkout | Receipt) -> None:
+    async def _log(self, command: Command) -> None:
         try:
             with store_guard("redis"):
                 await self._append(keys=[self._key], args=[command.model_dump_json()])
