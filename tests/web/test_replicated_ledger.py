@@ -73,6 +73,34 @@ async def _until_balance(
     raise AssertionError(f"{url} stayed at {r.json()}, expected {want}")
 
 
+async def test_an_order_and_its_receipt_reach_every_replica(shop: ShopFactory) -> None:
+    place = {"ledger": "replicated", "jobs": "inprocess"}  # the receipt job runs in r1
+    r1 = await shop("stateless", replica_id="r1", place=place)
+    r2 = await shop("stateless", replica_id="r2", place=place)
+    headers = await register_and_login(r1)
+    share_login(r1, r2)
+    assert (await _money(r1, headers, "/api/account/top-up", "t", 5000)).status_code == 200
+    await r1.post("/api/cart/items", json={"item_id": 4, "quantity": 1}, headers=headers)
+    paid = await r1.post(
+        "/api/checkout",
+        json={"expected_total_cents": 1100},
+        headers={**headers, "Idempotency-Key": "c"},
+    )
+    assert paid.status_code == 201, paid.text
+    order = paid.json()
+    for _ in range(250):
+        seen = (await r2.get(f"/api/orders/{order['id']}", headers=headers)).json()
+        if seen["receipt"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert seen["receipt"] is not None, "the receipt job attached a receipt through the log"
+    assert {k: v for k, v in seen.items() if k != "receipt"} == {
+        k: v for k, v in order.items() if k not in ("receipt", "balance_cents")
+    }
+    mine = (await r1.get(f"/api/orders/{order['id']}", headers=headers)).json()
+    assert mine["receipt"] == seen["receipt"]
+
+
 async def test_readyz_names_the_ledger_copy(shop: ShopFactory) -> None:
     client = await shop("stateless", **REPLICATED)
     for _ in range(100):
