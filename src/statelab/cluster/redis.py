@@ -167,29 +167,31 @@ class RedisNode(RedisServer):
         else:
             found["replicas"] = int(fields.get("connected_slaves", 0))
         if self.cluster:
-            found["slots"] = self.slots()
+            ranges = self.slot_ranges()
+            found["slots"] = sum(high - low + 1 for low, high in ranges)
+            found["slot_ranges"] = ranges
         return found
 
-    def slots(self) -> int:
-        """How many hash slots this node serves (its ``myself`` line of CLUSTER NODES)."""
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """The hash slots this node serves, as (first, last) ranges (its ``myself``
+        line of CLUSTER NODES)."""
         try:
             text = ask(self.port, "CLUSTER", "NODES")
         except OSError:
-            return 0
+            return []
         if not isinstance(text, str):
-            return 0
+            return []
         for line in text.splitlines():
             parts = line.split()
             if len(parts) > 2 and "myself" in parts[2]:
-                return sum(_slot_count(s) for s in parts[8:])
-        return 0
+                # "[slot->-node]" entries are slots being migrated: counted where they live.
+                return [_slot_range(spec) for spec in parts[8:] if not spec.startswith("[")]
+        return []
 
 
-def _slot_count(spec: str) -> int:
-    if spec.startswith("["):  # a slot being migrated: counted where it lives now
-        return 0
+def _slot_range(spec: str) -> tuple[int, int]:
     low, _, high = spec.partition("-")
-    return int(high or low) - int(low) + 1
+    return int(low), int(high or low)
 
 
 class SentinelProcess(PortedProcess):

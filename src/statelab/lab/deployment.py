@@ -66,9 +66,14 @@ class Deployment(Protocol):
         """The shared Redis's ``used_memory`` and per-command call counts."""
         ...
 
-    async def kill(self, target: str, sig: Signal = "KILL") -> dict[str, Any]: ...
+    async def kill(self, target: str, sig: Signal = "KILL") -> dict[str, Any]:
+        """Signal a replica (``r1``), a worker (``w1``) or a Redis process (``redis-1``,
+        ``sentinel-2``: see ``redis_processes``)."""
+        ...
 
-    async def start(self, target: str) -> dict[str, Any]: ...
+    async def start(self, target: str) -> dict[str, Any]:
+        """Start a process named as for ``kill`` again (a replica back in rotation)."""
+        ...
 
     async def add(self) -> dict[str, Any]: ...
 
@@ -88,6 +93,13 @@ class Deployment(Protocol):
     async def grant_admin(self, username: str) -> dict[str, Any]:
         """Give an account the shop's admin role."""
         ...
+
+
+async def redis_processes(deployment: Deployment) -> list[dict[str, Any]]:
+    """Every Redis process (name, pid, state, role: primary, replica, sentinel or down;
+    a cluster node also its ``slots``), as the deployment sees them now."""
+    status = await deployment.status()
+    return list((status.get("redis") or {}).get("processes", []))
 
 
 async def replica_urls(deployment: Deployment) -> dict[str, str]:

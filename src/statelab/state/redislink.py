@@ -1,14 +1,16 @@
 """One multiplexed Redis connection per server for the request path.
 
 redis-py's asyncio pool lends a connection to one command at a time and wraps
-every call in retry, health-check, timeout and pool bookkeeping: measured here at
-65-100 µs of client CPU per command with 32 concurrent callers, more than the
-whole request costs in the in-memory placement (its Sentinel and Cluster clients
-cost as much or more: ``tests/state/measure_redis_clients.py``). ``RedisLink``
+every call in retry, health-check, timeout and pool bookkeeping. ``RedisLink``
 instead writes every command issued in one event-loop turn to a single socket in
 one write (automatic pipelining, as ioredis, Lettuce and GLIDE do) and matches
-replies to callers in order; parsing is hiredis, Redis's own C parser. Measured
-the same way: ~5 µs per command.
+replies to callers in order; parsing is hiredis, Redis's own C parser. Client CPU
+per command with 32 concurrent callers (``tests/redis/measure.py``, HGETALL of a
+session; one server / Sentinel / Cluster): RedisLink 5.5 / 5.5 / 7 µs, redis-py
+53-56 µs, coredis 72-89 µs, valkey-glide 31 / - / 37 µs (GLIDE has no Sentinel
+support). A request of the in-memory placement costs less than one redis-py
+command, so the request path keeps its own link, with the failover and cluster
+handling below tested against real sentinels and clusters (``tests/redis``).
 
 It reaches Redis in the three forms of ``statelab.redisurl``:
 
@@ -22,8 +24,11 @@ It reaches Redis in the three forms of ``statelab.redisurl``:
   from ``CLUSTER SLOTS``, each command sent to the primary of its key's slot.
   ``MOVED`` updates the map and resends; ``ASK`` resends once to the importing node
   after ``ASKING``; ``TRYAGAIN`` (a multi-key command during a migration) waits and
-  resends. A primary that cannot be reached marks the map stale, so the next command
-  reads it again and finds the replica promoted in its place.
+  resends. A primary that cannot be reached marks the map stale: it is read again in
+  the background (at most every ``REFRESH_INTERVAL``), so the commands for other
+  primaries' slots neither wait nor fail, and the replica promoted in its place is
+  found within a read of the map. Keyless commands (the readiness PING) go to the
+  first primary that answers.
 
 Only plain request/reply commands go through it: sessions, carts, the JWT
 deny-list and rate limits. Pub/sub, blocking commands and the job queue keep
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +60,8 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from statelab.redisurl import RedisAddress, parse_redis_url
+
+log = logging.getLogger(__name__)
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -394,7 +402,8 @@ class _Cluster:
         self._timeout = timeout
         self._nodes: dict[Address, _Connection] = {}
         self._slots: list[Address | None] = [None] * SLOTS
-        self._stale = True
+        self._known = False  # a slot map has been read
+        self._stale = True  # the map may be wrong: read it again (in the background)
         self._refreshed = 0.0
         self._refreshing: asyncio.Future[None] | None = None
 
@@ -419,8 +428,7 @@ class _Cluster:
     async def _send_anywhere(self, commands: Sequence[Command], count: int) -> list[Any]:
         """A keyless command (PING): to the first primary that answers, so one dead
         primary does not make the whole cluster look unreachable."""
-        if self._stale:
-            await self._refresh()
+        await self._fresh_enough()
         candidates = dict.fromkeys([*(a for a in self._slots if a is not None), *self._seeds])
         failure: Exception = ConnectionError("no Redis Cluster node is known")
         for address in candidates:
@@ -433,8 +441,7 @@ class _Cluster:
     async def _send_to_slot(self, slot: int, commands: Sequence[Command], count: int) -> list[Any]:
         asking: Address | None = None
         for _ in range(MAX_REDIRECTS):
-            if self._stale:
-                await self._refresh()
+            await self._fresh_enough()
             address = asking or self._owner(slot)
             try:
                 if asking is not None:
@@ -466,6 +473,21 @@ class _Cluster:
             self._stale = True
             raise ConnectionError(f"no Redis Cluster primary serves slot {slot}")
         return address
+
+    async def _fresh_enough(self) -> None:
+        """Wait for a slot map only when there is none yet. A stale one is read again
+        in the background: commands for the slots of live primaries must not wait
+        (nor fail) because one primary is down."""
+        if not self._known:
+            await self._refresh()
+        elif self._stale and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.ensure_future(self._read_slots_quietly())
+
+    async def _read_slots_quietly(self) -> None:
+        try:
+            await self._read_slots()
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("Redis Cluster slot map not read: %s", exc)
 
     async def _refresh(self) -> None:
         if self._refreshing is None:
@@ -502,7 +524,7 @@ class _Cluster:
             for slot in range(int(start), int(end) + 1):
                 slots[slot] = (host, int(primary[1]))
         self._slots = slots
-        self._stale = False
+        self._known, self._stale = True, False
 
     async def aclose(self) -> None:
         for node in self._nodes.values():

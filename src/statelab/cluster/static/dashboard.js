@@ -170,7 +170,14 @@
   function renderServices(s) {
     const boxes = [];
     if (s.redis) {
-      boxes.push(service("Redis", s.redis.state, [["pid", s.redis.pid], ["url", s.redis.url]]));
+      boxes.push(
+        service("Redis", s.redis.state, [
+          ["topology", s.redis.topology],
+          ["primary", s.redis.topology === "cluster" ? "" : s.redis.name],
+          ["pid", s.redis.pid],
+          ["url", s.redis.url],
+        ])
+      );
     } else {
       boxes.push(service("Redis", "unused", [["why", "no placement of this profile needs it"]]));
     }
@@ -242,6 +249,62 @@
     }
     body.querySelectorAll("tr[data-worker]").forEach((row) => {
       if (!seen.has(row.dataset.worker)) row.remove();
+    });
+  }
+
+  // Redis processes (a primary, replicas, sentinels or cluster nodes): each can be
+  // killed and started by name through the same routes as a replica.
+  const REDIS_ACTIONS = [
+    ["kill", "Kill -9", "danger", "Kill Redis process %s with SIGKILL (a crash)"],
+    ["start", "Start", "", "Start Redis process %s again"],
+  ];
+
+  function redisDetail(p) {
+    if (p.role === "primary") return (p.slots != null ? p.slots + " slots, " : "") + p.replicas + " replica(s)";
+    if (p.role === "replica") return "of port " + p.primary_port + ", link " + p.link;
+    if (p.role === "sentinel") return p.sees_primary ? "sees the primary on port " + p.sees_primary : "";
+    return "";
+  }
+
+  function renderRedis(s) {
+    const panel = $("#redis-panel");
+    const processes = (s.redis && s.redis.processes) || [];
+    panel.hidden = processes.length === 0;
+    $("#redis-topology").textContent = s.redis ? s.redis.topology + ": " + s.redis.url : "";
+    const body = $("#redis-processes");
+    const seen = new Set();
+    for (const p of processes) {
+      seen.add(p.name);
+      let row = body.querySelector('tr[data-redis="' + p.name + '"]');
+      if (!row) {
+        row = el("tr");
+        row.dataset.redis = p.name;
+        const actions = el("td", { className: "actions" });
+        for (const [op, label, cls, aria] of REDIS_ACTIONS) {
+          const b = el("button", { type: "button", textContent: label, className: cls });
+          b.dataset.op = op;
+          b.dataset.replica = p.name;
+          b.setAttribute("aria-label", aria.replace("%s", p.name));
+          actions.append(b);
+        }
+        row.append(el("th", { scope: "row", textContent: p.name }), el("td"), el("td"), el("td"), el("td"), el("td"), actions);
+        body.append(row);
+      }
+      const alive = p.state === "up";
+      row.dataset.state = p.state;
+      const td = row.querySelectorAll("td");
+      td[0].textContent = p.role || "–";
+      td[1].textContent = p.state;
+      td[1].className = "state " + (alive ? "up" : "down");
+      td[2].textContent = p.pid == null ? "–" : String(p.pid);
+      td[3].textContent = String(p.port);
+      td[4].textContent = redisDetail(p);
+      row.querySelectorAll("button[data-op]").forEach((b) => {
+        if (b.getAttribute("aria-busy") !== "true") b.disabled = b.dataset.op === "start" ? alive : !alive;
+      });
+    }
+    body.querySelectorAll("tr[data-redis]").forEach((row) => {
+      if (!seen.has(row.dataset.redis)) row.remove();
     });
   }
 
@@ -374,6 +437,7 @@
     renderReplicas(status, current);
     renderServices(status);
     renderWorkers(status);
+    renderRedis(status);
     renderLegend(status, current);
     draw(now);
   }
