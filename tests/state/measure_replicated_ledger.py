@@ -26,7 +26,8 @@ from pathlib import Path
 from statelab.cluster.servers import RedisServer
 from statelab.state import keys, make_redis
 from statelab.state.ledger import Idempotency
-from statelab.state.replicated_ledger import APPEND, ReplicatedLedger, TopUp
+from statelab.state.replicated_ledger import APPEND, TopUp
+from tests.state.support import replicated_copy
 
 PIPELINE = 1000
 
@@ -35,7 +36,7 @@ async def fill(url: str, entries: int) -> None:
     """Append ``entries`` top-ups, in pipelines of ``PIPELINE`` script calls."""
     client = make_redis(url)
     try:
-        sha = await client.script_load(APPEND)
+        sha = await client.script_load(APPEND.body)
         for start in range(0, entries, PIPELINE):
             pipe = client.pipeline(transaction=False)
             for n in range(start, min(entries, start + PIPELINE)):
@@ -48,27 +49,20 @@ async def fill(url: str, entries: int) -> None:
 
 async def replay_seconds(url: str) -> tuple[float, int]:
     """Seconds until a fresh copy has replayed the log; the entries it applied."""
-    client = make_redis(url)
-    ledger = ReplicatedLedger(client, 24 * 3600, 10**7, wait_seconds=600)
     started = time.perf_counter()
-    ledger.start()
-    try:
+    async with replicated_copy(url, 24 * 3600, 10**7, wait=600) as ledger:
         await ledger.balance(0)  # waits for the replay
         return time.perf_counter() - started, ledger.applied
-    finally:
-        await ledger.close()
-        await client.aclose()
 
 
 async def write_and_lag(url: str, writes: int) -> tuple[list[float], list[float]]:
     """Milliseconds to each write's answer through one copy, and from that answer
     until another copy has applied it too (0 when it already had)."""
-    clients = [make_redis(url), make_redis(url)]
-    writer, reader = (ReplicatedLedger(c, 3600, 10**6) for c in clients)
-    for ledger in (writer, reader):
-        ledger.start()
     answers, lags = [], []
-    try:
+    async with (
+        replicated_copy(url, 3600, 10**6, wait=600) as writer,
+        replicated_copy(url, 3600, 10**6, wait=600) as reader,
+    ):
         for n in range(writes):
             began = time.perf_counter()
             await writer.top_up(424242, 1, Idempotency(f"w{n}", "f"))
@@ -77,11 +71,6 @@ async def write_and_lag(url: str, writes: int) -> tuple[list[float], list[float]
                 await asyncio.sleep(0)
             answers.append((answered - began) * 1000)
             lags.append((time.perf_counter() - answered) * 1000)
-    finally:
-        for ledger in (writer, reader):
-            await ledger.close()
-        for client in clients:
-            await client.aclose()
     return answers, lags
 
 

@@ -23,9 +23,8 @@ from statelab.db.engine import make_engine, sessionmaker
 from statelab.db.migrate import upgrade
 from statelab.domain.errors import InsufficientFunds, Unavailable
 from statelab.domain.shop import load_menu, price
-from statelab.state import make_redis
 from statelab.state.ledger import Idempotency, Ledger, MemoryLedger, SqlLedger
-from statelab.state.replicated_ledger import ReplicatedLedger
+from tests.state.support import replicated_copy
 from tests.support import unique
 
 TTL = 60.0  # seconds; the tests move the clock by passing ``now_ms`` to sweep
@@ -98,14 +97,8 @@ async def open_book(where: Where) -> AsyncIterator[Book]:
     if url is None:
         yield Book(MemoryLedger(TTL, max_keys=1000), 1)
     elif placement == "replicated":
-        client = make_redis(url)
-        replicated = ReplicatedLedger(client, TTL, max_keys=1000)
-        replicated.start()
-        try:
+        async with replicated_copy(url, TTL, 1000) as replicated:
             yield Book(replicated, 1)
-        finally:
-            await replicated.close()
-            await client.aclose()
     else:
         engine = make_engine(url)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from statelab.cluster.redis import ClusterRedis
 from statelab.cluster.servers import RedisServer
 from statelab.domain.errors import IdempotencyMismatch, Unavailable
 from statelab.domain.shop import load_menu, price
-from statelab.state import keys, make_redis
+from statelab.state import keys
 from statelab.state.ledger import Idempotency, Outcome
-from statelab.state.redisclient import RedisClient
-from statelab.state.replicated_ledger import APPEND, ReplicatedLedger, TopUp
+from statelab.state.replicated_ledger import APPEND, ORIGIN, ReplicatedLedger, TopUp
+from tests.state.support import replicated_copy
 
 TTL = 60.0
 MAX_KEYS = 10_000
@@ -36,26 +37,18 @@ def idem(key: str, body: str = "same") -> Idempotency:
 
 @pytest.fixture
 async def copies(redis_url: str) -> AsyncIterator[Copies]:
-    """``await copies(url=..., ttl=..., ready=True)`` -> a started copy with a Redis
-    client of its own (on the test's Redis unless ``url`` says otherwise)."""
-    made: list[tuple[ReplicatedLedger, RedisClient]] = []
+    """``await copies(url=..., ttl=..., ready=True)`` -> a started copy with Redis
+    clients of its own (on the test's Redis unless ``url`` says otherwise)."""
+    async with AsyncExitStack() as stack:
 
-    async def copy(url: str = redis_url, ttl: float = TTL, ready: bool = True,
-                   wait: float = 5.0) -> ReplicatedLedger:  # fmt: skip
-        client = make_redis(url)
-        ledger = ReplicatedLedger(client, ttl, MAX_KEYS, wait_seconds=wait)
-        made.append((ledger, client))
-        ledger.start()
-        if ready:
-            await until(lambda: ledger.ready)
-        return ledger
+        async def copy(url: str = redis_url, ttl: float = TTL, ready: bool = True,
+                       wait: float = 5.0) -> ReplicatedLedger:  # fmt: skip
+            ledger = await stack.enter_async_context(replicated_copy(url, ttl, MAX_KEYS, wait=wait))
+            if ready:
+                await until(lambda: ledger.ready)
+            return ledger
 
-    try:
         yield copy
-    finally:
-        for ledger, client in made:
-            await ledger.close()
-            await client.aclose()
 
 
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -138,9 +131,8 @@ async def test_a_duplicate_entry_is_applied_once(copies: Copies, redis_url: str)
     # whose reply it lost: the second entry replays the first.
     command = TopUp(id="dup", user=3, key="twice", fp="fingerprint-of-same", amount=200)
     async with Redis.from_url(redis_url, decode_responses=True) as raw:
-        append = raw.register_script(APPEND)
         for _ in range(2):
-            await append(keys=[keys.ledger_log()], args=[command.model_dump_json()])
+            await raw.eval(APPEND.body, 1, keys.ledger_log(), command.model_dump_json())
     late = await copies()
     await caught_up(a, b, late)
     assert await a.balance(3) == await b.balance(3) == await late.balance(3) == 700
@@ -277,8 +269,26 @@ async def test_a_redis_that_cannot_take_writes_is_unavailable_and_nothing_is_app
         with pytest.raises(Unavailable):
             await ledger.top_up(11, 100, idem("read-only"))
         await raw.replicaof("NO", "ONE")
+        await raw.config_set("min-replicas-to-write", 1)  # and none is connected
+        with pytest.raises(Unavailable):
+            await ledger.top_up(11, 100, idem("no-replicas"))
+        await raw.config_set("min-replicas-to-write", 0)
         assert await raw.xlen(keys.ledger_log()) == 1
     assert await ledger.balance(11) == 100
+
+
+async def test_an_append_no_redis_replica_confirmed_is_unavailable_then_answered_once(
+    redis_url: str,
+) -> None:
+    # The test's Redis has no replicas: WAIT 1 times out after every append.
+    async with replicated_copy(redis_url, TTL, MAX_KEYS, wait_replicas=1) as ledger:
+        with pytest.raises(Unavailable):
+            await ledger.top_up(13, 100, idem("t"))
+        # Not acknowledged, yet in the log: the copy applies it, and the retry with the
+        # key answers it from there (a failover could still have lost it; it did not).
+        await until(lambda: ledger.position != ORIGIN)
+        again = await ledger.top_up(13, 100, idem("t"))
+        assert again.replayed and again.body == {"balance_cents": 100}
 
 
 @pytest.fixture

@@ -195,7 +195,10 @@ def _menu_store(
 
 
 def _ledger(
-    settings: Settings, db: async_sessionmaker[AsyncSession], redis: RedisClient | None
+    settings: Settings,
+    db: async_sessionmaker[AsyncSession],
+    redis: RedisClient | None,
+    link: RedisLink | None,
 ) -> Ledger:
     ttl, max_keys = settings.idempotency_ttl_seconds, settings.max_memory_idempotency_keys
     placement = settings.placement("ledger")
@@ -203,8 +206,8 @@ def _ledger(
         return MemoryLedger(ttl, max_keys)
     if placement == "db":
         return SqlLedger(db, ttl)
-    assert redis is not None
-    ledger = ReplicatedLedger(redis, ttl, max_keys)
+    assert redis is not None and link is not None
+    ledger = ReplicatedLedger(redis, link, ttl, max_keys)
     ledger.start()  # replays the log in the background; /readyz waits for it
     return ledger
 
@@ -248,7 +251,7 @@ async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
     )
     db_sessions = sessionmaker(engine)
     jobs = open_jobs(settings)
-    ledger = _ledger(settings, db_sessions, redis)
+    ledger = _ledger(settings, db_sessions, redis, link)
     try:
         yield Stores(
             settings=settings,

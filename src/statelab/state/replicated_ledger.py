@@ -34,7 +34,13 @@ state-machine replication, not last-writer-wins:
 Failure model:
 
 - Redis down: an append fails with ``Unavailable`` (503); reads answer from the
-  local copy, as they would while the log is merely slow.
+  local copy, as they would while the log is merely slow. Appends go through the
+  request path's ``RedisLink``; the log is followed with redis-py, whose blocking
+  reads need a connection of their own.
+- With ``redis_wait_replicas``, an append must reach that many Redis replicas
+  (WAIT) before it counts; if it does not in time, the writer gets a 503 without
+  waiting for its copy. The entry may still be in the log (and then applied
+  everywhere): a retry with the same key answers it, once.
 - A replica killed mid-write: its entry is in the log (applied by everyone, and a
   retry with the same key replays it) or not (the retry appends it).
 - A log that lost entries this copy applied (a Redis restarted without
@@ -67,7 +73,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
+from redis.exceptions import ResponseError
 
 from statelab.domain.errors import StatelabError, Unavailable
 from statelab.domain.shop import PricedCart, positive_amount
@@ -75,17 +81,18 @@ from statelab.state import keys
 from statelab.state.errors import store_guard
 from statelab.state.ledger import SWEEP_BATCH, Book, Idempotency, Outcome
 from statelab.state.redisclient import RedisClient
+from statelab.state.redislink import RedisLink, Script
 
 log = logging.getLogger(__name__)
 
 #: Appends a command with the id of the entry before it, in one atomic step, so a
 #: reader can tell a contiguous log from one that lost entries (see the docstring).
-APPEND = """
+APPEND = Script.of("""
 local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if tail[1] then prev = tail[1][1] end
 return redis.call('XADD', KEYS[1], '*', 'prev', prev, 'cmd', ARGV[1])
-"""
+""")
 
 #: The id before the first entry: where a copy with nothing applied stands.
 ORIGIN = "0-0"
@@ -95,10 +102,11 @@ READ_BATCH = 2000
 #: and the idle period after which the copy checks that the log still holds its last
 #: entry.
 BLOCK_MS = 1000
-#: A Redis that answers but cannot take an append now: a replica left read-only
-#: (mid-failover), out of memory, or a cluster slot in transition. A 503: retrying
-#: later can succeed, and nothing was appended.
-_CANNOT_APPEND = (ReadOnlyError, OutOfMemoryError, TryAgainError, ClusterDownError)
+#: Error replies of a Redis that answers but cannot take an append now: out of
+#: memory, or a primary with fewer replicas than ``min-replicas-to-write``. A 503:
+#: retrying later can succeed, and nothing was appended. (The link already makes a
+#: read-only replica, a cluster or primary that is down, and a loading Redis 503s.)
+_CANNOT_APPEND = ("OOM", "NOREPLICAS")
 
 #: Pause before following the log again after Redis failed.
 RETRY_SECONDS = 0.5
@@ -209,15 +217,15 @@ class ReplicatedLedger:
 
     def __init__(
         self,
-        redis: RedisClient,  # one server, Sentinel or Cluster
+        redis: RedisClient,  # follows the log: blocking reads need their own connection
+        link: RedisLink,  # appends, on the request path's link (and its WAIT, if set)
         key_ttl_seconds: float,
         max_keys: int,
         *,
         wait_seconds: float = 5.0,
     ) -> None:
-        self._redis = redis
+        self._redis, self._link = redis, link
         self._key = keys.ledger_log()
-        self._append = redis.register_script(APPEND)
         self._ttl_ms = int(key_ttl_seconds * 1000)
         self._max_keys = max_keys
         self._wait = wait_seconds
@@ -337,9 +345,14 @@ class ReplicatedLedger:
     async def _log(self, command: Command) -> None:
         try:
             with store_guard("redis"):
-                await self._append(keys=[self._key], args=[command.model_dump_json()])
-        except _CANNOT_APPEND as exc:
-            raise Unavailable(f"redis cannot take the change now: {type(exc).__name__}") from exc
+                await self._link.run(APPEND, [self._key], [command.model_dump_json()])
+        except ResponseError as exc:
+            if not str(exc).startswith(_CANNOT_APPEND):
+                raise
+            raise Unavailable(
+                "redis cannot take the change now (out of memory, or too few replicas); "
+                "nothing was appended"
+            ) from exc
 
     async def _applied(self, waiter: asyncio.Future[Result]) -> Result:
         try:
