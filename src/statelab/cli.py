@@ -176,6 +176,12 @@ def scenario(
         str | None, typer.Option(help="Redis persistence: off, everysec or always.")
     ] = None,
     redis_delay_proxy: DelayProxyOpt = False,
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="single, sentinel or cluster (see `up`).")
+    ] = None,
+    redis_wait: Annotated[
+        int | None, typer.Option(min=0, max=2, help="--redis-wait of `up`.")
+    ] = None,
     replicas: Annotated[int | None, typer.Option(min=1, help="Replicas [default: 3].")] = None,
     knob: Annotated[
         list[str] | None,
@@ -203,6 +209,10 @@ def scenario(
         options += ["--redis-persistence", redis_persistence]
     if redis_delay_proxy:
         options.append("--redis-delay-proxy")
+    if redis:
+        options += ["--redis", redis]
+    if redis_wait is not None:
+        options += ["--redis-wait", str(redis_wait)]
     try:
         chosen = find(name)
         knobs = parse_knobs(chosen, knob or [])

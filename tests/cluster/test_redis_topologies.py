@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from statelab.cluster.client import ClusterError
+from statelab.cluster.client import ClusterError, format_status
 from tests.cluster.conftest import RunningCluster, ShopperFactory, start_cluster
 
 
@@ -39,6 +39,8 @@ async def test_sentinel_failover_through_the_control_api(
         status = cluster.status()
         assert status["redis"]["topology"] == "sentinel"
         assert status["redis"]["url"].startswith("redis+sentinel://")
+        text = format_status(status)  # what `statelab cluster status` prints
+        assert "redis+sentinel://" in text and "sentinel-3" in text and " primary" in text
         assert (
             sorted(roles(status).values()) == ["primary", "replica", "replica"] + ["sentinel"] * 3
         )

@@ -112,6 +112,21 @@ def format_status(status: dict[str, Any]) -> str:
         if proc:
             pid = proc["pid"] if proc["pid"] is not None else "-"
             lines.append(f"{name:<16}{proc['state']:<6}{pid:>8}")
+    redis = status.get("redis") or {}
+    if redis.get("topology", "single") != "single":
+        lines += _redis_lines(redis)
     for worker in status.get("workers", []):
         lines.append(f"{worker['name']:<16}{worker['state']:<6}{worker['pid'] or '-':>8}")
     return "\n".join(lines)
+
+
+def _redis_lines(redis: dict[str, Any]) -> list[str]:
+    """Each Redis process of a Sentinel or Cluster topology, with its role."""
+    lines = [f"  {redis['topology']} {redis['url']}"]
+    for proc in redis.get("processes", []):
+        pid = proc["pid"] if proc["pid"] is not None else "-"
+        slots = f"  {proc['slots']} slots" if proc.get("slots") else ""
+        lines.append(
+            f"  {proc['name']:<14}{proc['state']:<6}{pid:>8}  {proc.get('role', '')}{slots}"
+        )
+    return lines

@@ -26,6 +26,7 @@ dead node shows as ``down``, never as a hang.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -71,36 +72,40 @@ QUORUM = 2
 # -- talking to a node (no client library: a status must never hang) -------------------
 
 
-def ask(port: int, *command: str, timeout: float = 0.5) -> Any:
-    """One command to the Redis on ``port``; its reply (an error reply is returned,
-    not raised, as a ``ReplyError``)."""
+def ask(port: int, *command: str, timeout: float = 0.5, password: str | None = None) -> Any:
+    """One command to the Redis on ``port`` (after AUTH with ``password``); its reply
+    (an error reply is returned, not raised, as a ``ReplyError``)."""
     reader = hiredis.Reader(encoding="utf-8", replyError=ReplyError)
+    commands = [("AUTH", password), command] if password is not None else [command]
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-        sock.sendall(hiredis.pack_command(command))  # type: ignore[arg-type]  # stub: 1-tuple
-        while (reply := reader.gets()) is False:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("Redis closed the connection")
-            reader.feed(chunk)
-    return reply
+        sock.sendall(b"".join(hiredis.pack_command(c) for c in commands))  # type: ignore[arg-type]
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            while (reply := reader.gets()) is False:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("Redis closed the connection")
+                reader.feed(chunk)
+            replies.append(reply)
+    return replies[-1]
 
 
 class ReplyError(Exception):
     """An error reply of Redis (``-ERR ...``)."""
 
 
-def info_fields(port: int, section: str) -> dict[str, str]:
+def info_fields(port: int, section: str, password: str | None = None) -> dict[str, str]:
     """``INFO section`` as a dict; empty when the node does not answer."""
-    return _fields(port, "INFO", section)
+    return _fields(port, "INFO", section, password=password)
 
 
-def _cluster_info(port: int) -> dict[str, str]:
-    return _fields(port, "CLUSTER", "INFO")
+def _cluster_info(port: int, password: str | None) -> dict[str, str]:
+    return _fields(port, "CLUSTER", "INFO", password=password)
 
 
-def _fields(port: int, *command: str) -> dict[str, str]:
+def _fields(port: int, *command: str, password: str | None) -> dict[str, str]:
     try:
-        text = ask(port, *command)
+        text = ask(port, *command, password=password)
     except OSError:
         return {}
     if not isinstance(text, str):
@@ -126,7 +131,9 @@ class RedisNode(RedisServer):
         primary: Callable[[], int | None] | None = None,
         cluster: bool = False,
         min_replicas: int = 0,
+        password: str | None = None,
     ) -> None:
+        self.password = password  # AUTH for clients, for replication, and for our checks
         super().__init__(run_dir, name=name, persistence=persistence, ports=ports)
         self._primary = primary  # the port this node replicates from at (re)start
         self.cluster = cluster
@@ -141,6 +148,8 @@ class RedisNode(RedisServer):
             lines.append(f"replicaof {LOOPBACK} {primary}")
         if self.min_replicas:
             lines += [f"min-replicas-to-write {self.min_replicas}", "min-replicas-max-lag 10"]
+        if self.password is not None:
+            lines += [f'requirepass "{self.password}"', f'masterauth "{self.password}"']
         if self.cluster:
             lines += [
                 "cluster-enabled yes",
@@ -154,9 +163,19 @@ class RedisNode(RedisServer):
             ]
         return "\n".join(lines) + "\n"
 
+    def is_ready(self) -> bool:
+        return bool(self.ask("PING") == "PONG")  # "-LOADING" while the AOF is replayed
+
+    def ask(self, *command: str) -> Any:
+        """``ask`` this node, authenticated."""
+        return ask(self.port, *command, password=self.password)
+
+    def info(self, section: str) -> dict[str, str]:
+        return info_fields(self.port, section, self.password)
+
     def role(self) -> dict[str, Any]:
         """``primary``/``replica`` (or ``down``) and what the node says of itself."""
-        fields = info_fields(self.port, "replication") if self.alive else {}
+        fields = self.info("replication") if self.alive else {}
         if not fields:
             return {"role": "down"}
         role = "primary" if fields.get("role") == "master" else "replica"
@@ -176,7 +195,7 @@ class RedisNode(RedisServer):
         """The hash slots this node serves, as (first, last) ranges (its ``myself``
         line of CLUSTER NODES)."""
         try:
-            text = ask(self.port, "CLUSTER", "NODES")
+            text = self.ask("CLUSTER", "NODES")
         except OSError:
             return []
         if not isinstance(text, str):
@@ -201,10 +220,16 @@ class SentinelProcess(PortedProcess):
     rewrites the file as it learns; a restarted sentinel starts from what is true)."""
 
     def __init__(
-        self, run_dir: Path, name: str, primary: Callable[[], int], ports: PortPicker | None
+        self,
+        run_dir: Path,
+        name: str,
+        primary: Callable[[], int],
+        ports: PortPicker | None,
+        password: str | None = None,
     ) -> None:
         self.binary = find_binary("redis-server", "redis-server")
         self._primary = primary
+        self.password = password  # of the Redis servers it watches
         super().__init__(name, run_dir, ports=ports)
 
     @property
@@ -226,6 +251,11 @@ class SentinelProcess(PortedProcess):
                     f"sentinel down-after-milliseconds {PRIMARY_NAME} {DOWN_AFTER_MS}",
                     f"sentinel failover-timeout {PRIMARY_NAME} 10000",
                     f"sentinel parallel-syncs {PRIMARY_NAME} 1",
+                    *(
+                        [f'sentinel auth-pass {PRIMARY_NAME} "{self.password}"']
+                        if self.password
+                        else []
+                    ),
                     "",
                 ]
             )
@@ -307,16 +337,16 @@ class RedisTopology:
         memory = keys = answered = 0
         calls: dict[str, int] = {}
         for node in self.nodes:
-            if not node.alive or info_fields(node.port, "replication").get("role") != "master":
+            if not node.alive or node.info("replication").get("role") != "master":
                 continue
-            used = info_fields(node.port, "memory").get("used_memory")
+            used = node.info("memory").get("used_memory")
             if used is None:
                 continue
             answered += 1
             memory += int(used)
             with contextlib.suppress(OSError):
-                keys += int(ask(node.port, "DBSIZE"))
-            for name, value in info_fields(node.port, "commandstats").items():
+                keys += int(node.ask("DBSIZE"))
+            for name, value in node.info("commandstats").items():
                 count = int(value.split(",")[0].partition("=")[2])  # calls=N,usec=...
                 command = name.removeprefix("cmdstat_")
                 calls[command] = calls.get(command, 0) + count
@@ -369,6 +399,7 @@ class SentinelRedis(RedisTopology):
         replicas: int = 2,
         sentinels: int = 3,
         min_replicas: int = 0,
+        password: str | None = None,
         ports: PortPicker | None = None,
     ) -> None:
         super().__init__()
@@ -382,12 +413,13 @@ class SentinelRedis(RedisTopology):
                 ports=ports,
                 primary=self.primary_port,
                 min_replicas=min_replicas,
+                password=password,
             )
             for i in range(1, replicas + 2)
         ]
         self._first = nodes[0]
         self.sentinels = [
-            SentinelProcess(run_dir, f"sentinel-{i}", self._monitored_port, ports)
+            SentinelProcess(run_dir, f"sentinel-{i}", self._monitored_port, ports, password)
             for i in range(1, sentinels + 1)
         ]
         self.processes = [*nodes, *self.sentinels]
@@ -448,6 +480,7 @@ class ClusterRedis(RedisTopology):
         primaries: int = 3,
         replicas: int = 1,
         min_replicas: int = 0,
+        password: str | None = None,
         ports: PortPicker | None = None,
     ) -> None:
         super().__init__()
@@ -460,6 +493,7 @@ class ClusterRedis(RedisTopology):
                 ports=ports,
                 cluster=True,
                 min_replicas=min_replicas,
+                password=password,
             )
             for i in range(1, primaries * (replicas + 1) + 1)
         ]
@@ -474,7 +508,8 @@ class ClusterRedis(RedisTopology):
 
     def form(self) -> None:
         """``redis-cli --cluster create`` (first run) and wait for ``cluster_state:ok``."""
-        if all(_cluster_info(n.port).get("cluster_known_nodes") == "1" for n in self.nodes):
+        if all(_cluster_info(n.port, n.password).get("cluster_known_nodes") == "1"
+               for n in self.nodes):  # fmt: skip
             self._create()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -487,7 +522,12 @@ class ClusterRedis(RedisTopology):
         cli = find_binary("redis-cli", "redis-tools")
         argv = [cli, "--cluster", "create", *(n.address for n in self.nodes),
                 "--cluster-replicas", str(self.replicas_each), "--cluster-yes"]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        password = self.nodes[0].password
+        # REDISCLI_AUTH, not -a: a password on the command line shows in `ps`.
+        env = {**os.environ, "REDISCLI_AUTH": password} if password is not None else None
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=env
+        )
         if done.returncode != 0:
             raise ServerError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
 
@@ -499,7 +539,7 @@ class ClusterRedis(RedisTopology):
 
     @staticmethod
     def _state_ok(node: RedisNode) -> bool:
-        return _cluster_info(node.port).get("cluster_state") == "ok"
+        return _cluster_info(node.port, node.password).get("cluster_state") == "ok"
 
     def primaries(self) -> list[RedisNode]:
         """The nodes that serve slots now."""
