@@ -258,29 +258,60 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results here.")
     ] = None,
-    seconds: Annotated[int, typer.Option(help="Measured seconds per profile and round.")] = 5,
-    rounds: Annotated[
-        int, typer.Option(min=1, help="Rounds; profiles take turns, the median is reported.")
-    ] = 3,
-    connections: Annotated[int, typer.Option(help="Concurrent connections (users).")] = 32,
-    max_replicas: Annotated[
-        int, typer.Option(help="Scale-out curve up to this many replicas (0: skip it).")
+    workload: Annotated[
+        Literal["cart", "read", "chat"],
+        typer.Option(help="cart: 4 reads per add; read: GET /api/cart; chat: messages."),
+    ] = "cart",
+    seconds: Annotated[
+        float, typer.Option(min=1, help="Measured seconds per server and round.")
     ] = 4,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds; servers take turns, the median is reported.")
+    ] = 3,
+    connections: Annotated[int, typer.Option(min=1, help="Concurrent connections (users).")] = 32,
+    max_replicas: Annotated[
+        int, typer.Option(min=0, help="Scale-out curve up to this many replicas (0: skip it).")
+    ] = 4,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Only these columns (comma-separated: stateful,stateless,...)."),
+    ] = None,
+    database: Annotated[
+        Literal["sqlite", "postgres"], typer.Option(help="The columns' (and chat's) SQL.")
+    ] = "sqlite",
+    rooms: Annotated[
+        int, typer.Option(min=1, help="Chat rooms the chat workload spreads over.")
+    ] = 1,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print Markdown tables (for the README).")
+    ] = False,
 ) -> None:
-    """Throughput and latency of the cart workload for every profile, as ratios to
-    stateful, and a scale-out curve of the stateless profile behind HAProxy."""
-    from statelab.lab.bench import run
+    """CPU per request, requests/s and latency of one replica per profile, each pinned
+    to its own core, beside a bare Starlette and a minimal FastAPI server; ratios to
+    stateful and to the FastAPI floor; a scale-out curve behind HAProxy."""
+    from statelab.cluster.servers import ServerError
+    from statelab.lab.bench import PROFILES, BenchError, run, to_markdown
     from statelab.lab.report.terminal import print_bench
 
     _logging("WARNING")
-    result = run(
-        seconds=seconds,
-        connections=connections,
-        users=connections,
-        max_replicas=max_replicas,
-        rounds=rounds,
-    )
-    print_bench(result)
+    try:
+        result = run(
+            profiles=tuple(_names(columns) or PROFILES),
+            seconds=seconds,
+            connections=connections,
+            users=connections,
+            max_replicas=max_replicas,
+            rounds=rounds,
+            workload=workload,
+            database=database,
+            rooms=rooms,
+        )
+    except (BenchError, ServerError) as exc:
+        raise fail(str(exc)) from exc
+    if markdown:
+        typer.echo(to_markdown(result), nl=False)
+    else:
+        print_bench(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -1,5 +1,6 @@
 """Control groups for the lab: a CPU quota (the bench's scale-out curve) and a memory
-limit (the memory scenario) for one process at a time.
+limit (the memory scenario) for one process at a time; and CPU affinity (the bench
+pins each server to a core of its own, away from the load generator and the stores).
 
 Only what the kernel offers writable is used: cgroup v1 hierarchies
 (``/sys/fs/cgroup/cpu``, ``/sys/fs/cgroup/memory``) or the v2 unified one. Where
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from statelab.cluster.runfolder import ClusterError
@@ -71,6 +73,45 @@ class _Groups:
             with contextlib.suppress(OSError):
                 group.rmdir()
         self.groups.clear()
+
+
+def pin(pid: int, cpus: Collection[int], *, children: bool = False) -> int:
+    """Let every thread of process ``pid`` (and with ``children``, of every process
+    it has started so far, recursively) run on ``cpus`` only; returns how many
+    threads were pinned.
+
+    ``sched_setaffinity`` moves one thread, and a thread or process inherits its
+    creator's mask only when it is created: so every thread listed in
+    ``/proc/PID/task`` is pinned, and the list is read again until it holds no
+    thread not yet pinned (one started meanwhile by a thread not pinned yet). What
+    the process starts later inherits the mask (a PostgreSQL backend, say). No
+    cgroup, so no root needed for our own processes."""
+    pinned: set[int] = set()
+    while True:
+        try:
+            threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+        except FileNotFoundError as exc:
+            raise ProcessLookupError(f"no process {pid} to pin") from exc
+        new = threads - pinned
+        if not new:
+            break
+        for tid in new:
+            with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+        pinned |= new
+    count = len(pinned)
+    for child in _children(pid, pinned) if children else ():
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            count += pin(child, cpus, children=True)
+    return count
+
+
+def _children(pid: int, threads: Collection[int]) -> set[int]:
+    """The processes the threads of ``pid`` started (``/proc/PID/task/TID/children``)."""
+    found: set[int] = set()
+    for tid in threads:
+        found.update(int(c) for c in _read(Path(f"/proc/{pid}/task/{tid}/children")).split())
+    return found
 
 
 class CpuQuota(_Groups):

@@ -10,26 +10,39 @@ offered; ``paced`` picks the connection count for a target rate from one short
 calibration run. wrk has no open-loop mode (its fork wrk2 is not packaged), so a
 slow answer delays that connection's next request: latency percentiles are
 honest at moderate load and flattering at saturation.
+
+The ``read`` workload is the cart page alone: ``GET /api/cart`` of users who each
+have two lines in their cart (``login_users(..., cart=READ_CART)``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from statelab.cluster.servers import MissingBinary
 
 WORKLOAD = "cart: 4 x GET /api/cart per POST /api/cart/items, one logged-in user per connection"
+READ_WORKLOAD = "read: GET /api/cart of logged-in users with 2 lines in their cart"
+
+Workload = Literal["cart", "read"]
+
+#: The cart each user of the ``read`` workload has: a pizza and a drink.
+READ_CART: dict[int, int] = {1: 1, 10: 1}
 
 # Requests go out as the users in turn (wrk's Lua state is per thread, not per
-# connection); 1 in 5 requests adds an item. The
-# done() callback prints the latency distribution for the report's CDF plots.
+# connection); 1 in ``add_every`` requests adds an item (0: none, the read workload).
+# The done() callback prints the latency distribution for the report's CDF plots.
 CART_LUA = r"""
 local users = {}
 local counter = 0
@@ -45,15 +58,16 @@ function request()
   if cookie ~= "" then headers["Cookie"] = cookie end
   local name, value = header:match("^(.-): (.*)$")
   headers[name] = value
-  if n %% 5 == 0 then
+  if %(add_every)d > 0 and n %% %(add_every)d == 0 then
     return wrk.format("POST", "/api/cart/items", headers, '{"item_id": 1, "quantity": 1}')
   end
   return wrk.format("GET", "/api/cart", headers)
 end
 function done(summary, latency, requests)
   io.write("CDF")
-  for p = 2, 100, 2 do io.write(string.format(" %%.3f", latency:percentile(p) / 1000)) end
-  io.write("\n")
+  for p = 2, 98, 2 do io.write(string.format(" %%.3f", latency:percentile(p) / 1000)) end
+  -- wrk's percentile(100) answers 0: the slowest request is latency.max.
+  io.write(string.format(" %%.3f\n", latency.max / 1000))
 end
 """
 
@@ -121,10 +135,17 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def login_users(url: str, count: int, users_file: Path, prefix: str = "load") -> None:
-    """Register and log in ``count`` users through ``url``; write one credential line
-    per user (cookies, including a load balancer's stickiness cookie, a tab, and the
-    header that authenticates writes)."""
+def login_users(
+    url: str,
+    count: int,
+    users_file: Path,
+    prefix: str = "load",
+    cart: Mapping[int, int] | None = None,
+) -> None:
+    """Register and log in ``count`` users through ``url``, each adding ``cart``
+    (item id -> quantity) to its cart; write one credential line per user (cookies,
+    including a load balancer's stickiness cookie and a cart kept by the client, a
+    tab, and the header that authenticates writes)."""
     lines = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(count):
@@ -134,41 +155,79 @@ def login_users(url: str, count: int, users_file: Path, prefix: str = "load") ->
             r = client.post("/api/auth/login", json=creds)
             r.raise_for_status()
             body = r.json()
-            if "access_token" in body:
-                lines.append(f"\tAuthorization: Bearer {body['access_token']}")
-            else:
-                cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-                lines.append(f"{cookie}\tX-CSRF-Token: {body['csrf_token']}")
+            token = body.get("access_token")
+            name, value = (
+                ("Authorization", f"Bearer {token}")
+                if token
+                else ("X-CSRF-Token", body["csrf_token"])
+            )
+            for item_id, quantity in (cart or {}).items():
+                added = client.post(
+                    "/api/cart/items",
+                    json={"item_id": item_id, "quantity": quantity},
+                    headers={name: value},
+                )
+                added.raise_for_status()
+            # Read after the adds: a cart kept by the client comes back as a cookie. A
+            # token goes as the header only, not also as the cookie that carries it.
+            cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items() if v != token)
+            lines.append(f"{cookie}\t{name}: {value}")
     users_file.write_text("\n".join(lines) + "\n")
 
 
-def wrk(
-    url: str, users_file: Path, connections: int, seconds: float, pause_ms: int = 0
+def cart_of_first(url: str, users_file: Path) -> dict[int, int]:
+    """The cart (item id -> quantity) the first user of ``users_file`` reads, sent
+    exactly as wrk sends it: a check that the load reads what it is meant to."""
+    cookie, header = users_file.read_text().splitlines()[0].split("\t")
+    name, value = header.split(": ", 1)
+    headers = {name: value} | ({"Cookie": cookie} if cookie else {})
+    r = httpx.get(f"{url}/api/cart", headers=headers, timeout=10)
+    r.raise_for_status()
+    return {line["item_id"]: line["quantity"] for line in r.json()["items"]}
+
+
+def _run_wrk(
+    url: str, script: Path, connections: int, seconds: float, cpus: Collection[int] | None
 ) -> WrkResult:
-    """One wrk run of the cart workload."""
+    """wrk with one thread (it saturates a Python replica with room to spare) on
+    ``cpus`` when given: set in the child before wrk starts, so every thread it
+    creates inherits the mask."""
     binary = shutil.which("wrk")
     if binary is None:
         raise MissingBinary("wrk not found: install it with `apt-get install wrk`")
-    script = users_file.with_suffix(f".{pause_ms}.lua")
-    script.write_text(CART_LUA % {"users": users_file, "pause": pause_ms})
     duration = f"{max(1, round(seconds))}s"
     argv = [binary, "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script),
             url]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    pin = functools.partial(os.sched_setaffinity, 0, cpus) if cpus else None
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=True, preexec_fn=pin
+    )
     return parse_wrk(out.stdout)
+
+
+def wrk(
+    url: str,
+    users_file: Path,
+    connections: int,
+    seconds: float,
+    pause_ms: int = 0,
+    *,
+    workload: Workload = "cart",
+    cpus: Collection[int] | None = None,
+) -> WrkResult:
+    """One wrk run of the cart workload (or of the ``read`` workload), its load
+    generator on ``cpus`` when given."""
+    script = users_file.with_suffix(f".{workload}.{pause_ms}.lua")
+    add_every = 5 if workload == "cart" else 0
+    script.write_text(CART_LUA % {"users": users_file, "pause": pause_ms, "add_every": add_every})
+    return _run_wrk(url, script, connections, seconds, cpus)
 
 
 def weighted(url: str, users_file: Path, seed: int, connections: int, seconds: int) -> WrkResult:
     """Cart reads as users drawn by weight (``weight<TAB>cookie`` lines)."""
-    binary = shutil.which("wrk")
-    if binary is None:
-        raise MissingBinary("wrk not found: install it with `apt-get install wrk`")
     script = users_file.with_suffix(".lua")
     script.write_text(WEIGHTED_LUA % {"users": users_file, "seed": seed})
-    argv = [binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-            url]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_wrk(out.stdout)
+    return _run_wrk(url, script, connections, seconds, None)
 
 
 def paced(url: str, users_file: Path, rate: float, seconds: float) -> WrkResult:

@@ -35,27 +35,35 @@ def print_report(report: Report, console: Console | None = None, stories: bool =
 
 
 def print_bench(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console(width=max(Console().width, 120))
-    table = Table(title=f"statelab bench: {result['workload']}")
-    columns = ("profile", "requests/s", "rounds", "p50 ms", "p99 ms", "errors", "ratio to stateful")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "profile" else "right")
-    for profile, m in result["profiles"].items():
-        table.add_row(
-            profile,
-            f"{m['rps']:.0f}",
-            " ".join(f"{r:.0f}" for r in m.get("rounds_rps", [])),
-            f"{m['p50_ms']:.1f}",
-            f"{m['p99_ms']:.1f}",
-            str(m["errors"]),
-            f"{m['ratio']:.2f}",
+    """The bench's servers (median, and the rounds' min-max), its scale-out curve or
+    its chat measurement, and where everything ran."""
+    from statelab.lab.bench import HEADERS, SCALE_HEADERS, rows, scale_rows
+
+    console = console or Console(width=max(Console().width, 140))
+    title = f"statelab bench: {result['description']}"
+    if result.get("chat"):
+        chat = Table(title=title)
+        for key in result["chat"]:
+            chat.add_column(key, justify="right")
+        chat.add_row(*(str(v) for v in result["chat"].values()))
+        console.print(chat)
+    else:
+        console.print(_table(title, HEADERS, rows(result)))
+        console.print(
+            "ratios: requests/s and CPU per request of each column against stateful's, "
+            "and the FastAPI floor's CPU per request against each server's (higher is better)"
         )
-    console.print(table)
     if result.get("scale_out"):
-        curve = Table(title=f"scale-out ({result.get('scale_out_note', '')})")
-        curve.add_column("replicas", justify="right")
-        curve.add_column("requests/s", justify="right")
-        for point in result["scale_out"]:
-            curve.add_row(str(point["replicas"]), f"{point['rps']:.0f}")
-        console.print(curve)
+        title = f"scale-out ({result['scale_out_note']})"
+        console.print(_table(title, SCALE_HEADERS, scale_rows(result)))
     console.print(f"load generator: {result['load_generator']}")
+    console.print(f"pinning: {result['pinning']['note']}")
+
+
+def _table(title: str, headers: tuple[str, ...], body: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    return table
