@@ -26,8 +26,8 @@ Workloads: ``cart`` (four cart reads per item added, one logged-in user per
 connection), ``read`` (``GET /api/cart`` of users with two lines in their cart) and
 ``chat`` (``statelab.lab.chatload.measure``: messages per second through two
 replicas). The scale-out curve runs the stateless profile behind HAProxy, adding
-replicas one at a time, each held by a CPU quota to an equal share of the server
-core(s), so N replicas together can use exactly what one unlimited replica could.
+replicas one at a time, each held by a CPU quota to an equal share of 80 % of the
+server core(s), so the last replica has as much room as the first.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ VERSION = 2
 WARM_UP_SECONDS = 1
 #: How long a replica added to the scale-out deployment may take to be in rotation.
 SETTLE_SECONDS = 60.0
+#: The share of the server core(s) the scale-out replicas get between them: the rest
+#: is left to the kernel (loopback traffic is processed on both ends' cores) and to
+#: whatever else the machine runs, so the last replica added is not the one starved.
+SCALE_OUT_SHARE = 0.8
 
 
 class BenchError(RuntimeError):
@@ -400,10 +404,10 @@ def scale_out_curve(
     run_root: Path, max_replicas: int, seconds: float, setup: Setup
 ) -> tuple[list[dict[str, Any]], str]:
     """Stateless replicas behind HAProxy, added one at a time up to ``max_replicas``,
-    each CPU-limited to an equal share of the server core(s); requests/s, latency and
-    the replicas' CPU per request at each count."""
+    each CPU-limited to an equal share of the server core(s) (``SCALE_OUT_SHARE``);
+    requests/s, latency and the replicas' CPU per request at each count."""
     server_cpus = len(setup.pinning.servers) or setup.pinning.available
-    quota = CpuQuota(round(server_cpus / max_replicas, 3))
+    quota = CpuQuota(round(SCALE_OUT_SHARE * server_cpus / max_replicas, 3))
     curve: list[dict[str, Any]] = []
     with LocalDeployment(run_root / "scale", "stateless", replicas=1) as deployment:
         try:
@@ -449,12 +453,10 @@ def _place_cluster(
 # -- the chat workload ---------------------------------------------------------------
 
 
-def chat(database: Database, seconds: float, rooms: int) -> dict[str, Any]:
-    """Messages per second, ack and delivery p99 and gaps through two replicas, from
-    ``statelab.lab.chatload.measure`` (it starts its own replicas and stores)."""
+def _chatload() -> Any:
     try:
         # Imported by name: the chat measurement ships separately and may be absent.
-        chatload = importlib.import_module("statelab.lab.chatload")
+        return importlib.import_module("statelab.lab.chatload")
     except ModuleNotFoundError as exc:
         if exc.name != "statelab.lab.chatload":
             raise
@@ -462,7 +464,37 @@ def chat(database: Database, seconds: float, rooms: int) -> dict[str, Any]:
             "the chat workload is not available in this version: "
             "statelab.lab.chatload (its measurement) is missing"
         ) from exc
-    measured: dict[str, Any] = chatload.measure(database=database, seconds=seconds, rooms=rooms)
+
+
+@contextmanager
+def _pinned_self(cpus: tuple[int, ...]) -> Iterator[None]:
+    """This process (every thread) on ``cpus`` for a while, then back where it was."""
+    was = tuple(os.sched_getaffinity(0))
+    _pin(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        _pin(os.getpid(), was)
+
+
+def chat(database: Database, seconds: float, rooms: int, pinning: Pinning) -> dict[str, Any]:
+    """Messages per second, ack and delivery p99 and gaps through two replicas, from
+    ``statelab.lab.chatload.measure``: it starts its own replicas and stores, and names
+    their PIDs, so the replicas go on the server CPUs and the stores on the others;
+    its message generator runs in this process, which goes there too (as wrk would)."""
+    chatload = _chatload()
+
+    def place(pids: dict[str, int]) -> None:
+        for name, pid in pids.items():
+            if name in ("redis", "postgres"):
+                _pin(pid, pinning.load, children=True)
+            else:
+                _pin(pid, pinning.servers)
+
+    with _pinned_self(pinning.load):
+        measured: dict[str, Any] = chatload.measure(
+            database=database, seconds=seconds, rooms=rooms, on_started=place
+        )
     return {"database": database, "rooms": rooms, **measured}
 
 
@@ -494,7 +526,7 @@ def run(
         "database": database,
     }
     if workload == "chat":
-        return result | _chat_result(database, seconds, rooms)
+        return result | _chat_result(database, seconds, rooms, pinning)
     with tempfile.TemporaryDirectory(prefix="statelab-bench-") as tmp:
         setup = Setup(Path(tmp), workload, connections, users, pinning)
         measured = _servers(setup, profiles, rounds, seconds, database)
@@ -542,16 +574,19 @@ def _servers(
     return {"profiles": columns, "references": references}
 
 
-def _chat_result(database: Database, seconds: float, rooms: int) -> dict[str, Any]:
+def _chat_result(
+    database: Database, seconds: float, rooms: int, pinning: Pinning
+) -> dict[str, Any]:
+    where = (
+        f"both replicas on CPU {_cpus(pinning.servers)}; the message generator, Redis and "
+        f"PostgreSQL on CPU {_cpus(pinning.load)} (sched_setaffinity on every thread)"
+    )
     return {
-        "load_generator": "statelab.lab.chatload.measure",
-        "pinning": {
-            "pinned": False,
-            "note": "not pinned: the chat measurement starts its own replicas and stores",
-        },
+        "load_generator": f"statelab.lab.chatload.measure, {seconds:g} s, {rooms} room(s)",
+        "pinning": pinning.as_json() | ({"note": where} if pinning.pinned else {}),
         "profiles": {},
         "references": {},
-        "chat": chat(database, seconds, rooms),
+        "chat": chat(database, seconds, rooms, pinning),
         "scale_out": [],
         "scale_out_note": "not measured for the chat workload",
     }
@@ -621,6 +656,11 @@ def scale_rows(result: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def chat_rows(result: dict[str, Any]) -> list[list[str]]:
+    """The chat measurement, one row per figure."""
+    return [[key, str(value)] for key, value in result.get("chat", {}).items()]
+
+
 def _markdown_table(headers: Collection[str], body: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(row) + " |" for row in body]
@@ -630,8 +670,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     """The run as Markdown tables (the README's speed section is pasted from it)."""
     lines = [f"`statelab bench --workload {result['workload']}`: {result['description']}", ""]
     if result.get("chat"):
-        chat_result = result["chat"]
-        lines += _markdown_table(list(chat_result), [[str(v) for v in chat_result.values()]])
+        lines += _markdown_table(("chat", "measured"), chat_rows(result))
+        lines += ["", f"Load: {result['load_generator']}. Pinning: {result['pinning']['note']}."]
     else:
         lines += _markdown_table(HEADERS, rows(result))
         lines += ["", f"Load: {result['load_generator']}. Pinning: {result['pinning']['note']}."]

@@ -37,16 +37,12 @@ def print_report(report: Report, console: Console | None = None, stories: bool =
 def print_bench(result: dict[str, Any], console: Console | None = None) -> None:
     """The bench's servers (median, and the rounds' min-max), its scale-out curve or
     its chat measurement, and where everything ran."""
-    from statelab.lab.bench import HEADERS, SCALE_HEADERS, rows, scale_rows
+    from statelab.lab.bench import HEADERS, SCALE_HEADERS, chat_rows, rows, scale_rows
 
     console = console or Console(width=max(Console().width, 140))
     title = f"statelab bench: {result['description']}"
     if result.get("chat"):
-        chat = Table(title=title)
-        for key in result["chat"]:
-            chat.add_column(key, justify="right")
-        chat.add_row(*(str(v) for v in result["chat"].values()))
-        console.print(chat)
+        console.print(_table(title, ("chat", "measured"), chat_rows(result)))
     else:
         console.print(_table(title, HEADERS, rows(result)))
         console.print(
