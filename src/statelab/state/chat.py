@@ -6,12 +6,19 @@ WebSocket connections always live in one replica; everything around them is plac
   memory, and routing is a function call. Users on different replicas never meet,
   and a replica's death takes its history with it.
 - ``redis``: rooms, members, read marks and every message in SQL, each message with
-  a per-room sequence number taken by one ``UPDATE ... RETURNING`` in the same
-  transaction that stores it — before the sender is acknowledged. Redis holds what
-  may be lost: the presence registry (user -> replicas, refreshed by a heartbeat,
-  expiring by itself), who is online, who is typing, and live routing through
-  pub/sub: one channel per room, to which only the replicas with a socket in the
-  room subscribe, and one channel per replica for events aimed at a user.
+  a per-room sequence number taken in the same transaction that stores it — before
+  the sender is acknowledged. Redis holds what may be lost: the presence registry
+  (user -> replicas, refreshed by a heartbeat, expiring by itself), who is online,
+  who is typing, and live routing through pub/sub: one channel per room, to which
+  only the replicas with a socket in the room subscribe, and one channel per replica
+  for events aimed at a user.
+
+Messages are stored by group commit (``groupcommit.py``): those that arrive while a
+transaction is under way go together into the next one, which locks their rooms'
+rows in id order, numbers them in arrival order and inserts them in one statement.
+A hot room costs one transaction per batch instead of one per message. Each batch
+is routed with one publish per room, carrying its messages in seq order; every
+replica watching the room hands them to its own sockets.
 
 Pub/sub is fire-and-forget on purpose. The SQL log with its gap-free sequence is
 the source of truth; a live event is only a hint that carries the message to save a
@@ -43,14 +50,15 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, case, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from statelab.db import models
 from statelab.domain.errors import LimitExceeded, NotFound, Unavailable
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.groupcommit import GroupCommit
 from statelab.state.redisclient import RedisClient
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,9 @@ log = logging.getLogger(__name__)
 MEMORY_HISTORY = 10_000
 #: How long a replica waits for Redis to confirm a new subscription.
 SUBSCRIBE_TIMEOUT = 3.0
+#: Most messages one transaction stores; more wait for the next one. It bounds the
+#: statements' parameters (three per message to look up resends) and a batch's time.
+MAX_BATCH = 256
 
 Event = dict[str, Any]
 
@@ -161,7 +172,9 @@ class ChatStore(Protocol):
     async def post(
         self, room_id: str, user_id: int, username: str, client_msg_id: str, text: str
     ) -> Posted:
-        """Store a message with the room's next ``seq``, once per ``client_msg_id``."""
+        """Store a message with the room's next ``seq``, once per ``client_msg_id``, and
+        route it live to every replica watching the room (a resend is routed again: the
+        first copy may have died with its replica between storing and routing)."""
         ...
 
     async def history(self, room_id: str, after: int, limit: int) -> list[Message]:
@@ -321,6 +334,7 @@ class MemoryChat:
         if seen is not None:
             old = self._at(room, seen)
             if old is not None:
+                await self.publish(room_id, old.frame())
                 return Posted(old, new=False)
         room.last_seq += 1
         message = Message(room_id, room.last_seq, user_id, username, text, client_msg_id, _now())
@@ -330,6 +344,7 @@ class MemoryChat:
         room.messages.append(message)
         room.by_client[(user_id, client_msg_id)] = message.seq
         room.members[user_id] = message.seq
+        await self.publish(room_id, message.frame())
         return Posted(message, new=True)
 
     @staticmethod
@@ -407,7 +422,7 @@ class MemoryChat:
 # ------------------------------------------------------------------------------- SQL
 
 
-def _message(row: models.ChatMessage) -> Message:
+def _message(row: models.ChatMessage | Row[Any]) -> Message:
     return Message(
         room=row.room_id,
         seq=int(row.seq),
@@ -415,7 +430,157 @@ def _message(row: models.ChatMessage) -> Message:
         sender=row.sender,
         text=row.text,
         client_msg_id=row.client_msg_id,
-        sent_at=row.sent_at,
+        sent_at=_utc(row.sent_at),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Post:
+    """A message as it arrived, waiting for its group commit."""
+
+    room: str
+    sender_id: int
+    sender: str
+    client_msg_id: str
+    text: str
+    sent_at: datetime
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What makes a message unique: a resend carries the same."""
+        return (self.room, self.sender_id, self.client_msg_id)
+
+
+async def _store_batch(conn: AsyncConnection, posts: list[_Post]) -> list[Posted | Exception]:
+    """Store ``posts`` in the transaction of ``conn``: one result per post, in order.
+
+    First, without a lock, one query says which senders are members of the rooms
+    they post to and which posts were stored before (resends). Then the new ones are
+    numbered: one UPDATE takes each room's row lock and moves its ``last_seq`` past
+    the room's new messages, which are inserted under the numbers it hands back, in
+    the order they came. Rooms are locked for three statements and the commit.
+
+    A resend another replica stored between the check and the lock breaks the unique
+    ``(room, sender, client_msg_id)``: ``IntegrityError``, the transaction (numbers
+    included) rolls back, and a retry finds the stored message."""
+    members, known = await _checked(conn, posts)
+    allowed = [post for post in posts if (post.room, post.sender_id) in members]
+    counts: dict[str, int] = {}  # new messages per room
+    place: dict[tuple[str, int, str], int] = {}  # a new message's place among its room's
+    for post in allowed:
+        if post.key not in known and post.key not in place:
+            counts[post.room] = counts.get(post.room, 0) + 1
+            place[post.key] = counts[post.room]
+    last = await _take_seqs(conn, counts) if counts else {}
+    fresh: dict[tuple[str, int, str], Message] = {}
+    for post in allowed:
+        if post.key in place and post.key not in fresh:
+            seq = last[post.room] - counts[post.room] + place[post.key]
+            fresh[post.key] = Message(
+                post.room, seq, post.sender_id, post.sender, post.text, post.client_msg_id,
+                post.sent_at,
+            )  # fmt: skip
+    if fresh:
+        await _append(conn, list(fresh.values()))
+    return _outcomes(posts, members, known, fresh)
+
+
+def _outcomes(
+    posts: list[_Post],
+    members: set[tuple[str, int]],
+    known: dict[tuple[str, int, str], Message],
+    fresh: dict[tuple[str, int, str], Message],
+) -> list[Posted | Exception]:
+    """Each post's result: stored now (its first copy in the batch), stored before (a
+    resend, or a copy later in the batch), or refused (not a member)."""
+    results: list[Posted | Exception] = []
+    first = set(fresh)
+    for post in posts:
+        if (post.room, post.sender_id) not in members:
+            results.append(_not_member(post.room))
+        elif post.key in first:
+            first.discard(post.key)
+            results.append(Posted(fresh[post.key], new=True))
+        else:
+            results.append(Posted(known.get(post.key) or fresh[post.key], new=False))
+    return results
+
+
+async def _checked(
+    conn: AsyncConnection, posts: list[_Post]
+) -> tuple[set[tuple[str, int]], dict[tuple[str, int, str], Message]]:
+    """Which ``(room, sender)`` pairs are memberships, and the messages already stored
+    under the posts' ``(room, sender, client_msg_id)``: one query for both."""
+    member, msg = models.ChatMember.__table__, models.ChatMessage.__table__
+    pairs = sorted({(post.room, post.sender_id) for post in posts})
+    ids = sorted({post.client_msg_id for post in posts})
+    stored = and_(
+        msg.c.room_id == member.c.room_id,
+        msg.c.sender_id == member.c.user_id,
+        msg.c.client_msg_id.in_(ids),
+    )
+    rows = await conn.execute(
+        select(member.c.room_id.label("member_room"), member.c.user_id.label("member"), msg)
+        .select_from(member.outerjoin(msg, stored))
+        .where(tuple_(member.c.room_id, member.c.user_id).in_(pairs))
+    )
+    wanted = {post.key for post in posts}
+    members: set[tuple[str, int]] = set()
+    known: dict[tuple[str, int, str], Message] = {}
+    for row in rows:
+        members.add((row.member_room, int(row.member)))
+        if (
+            row.seq is not None
+            and (key := (row.room_id, row.sender_id, row.client_msg_id)) in wanted
+        ):
+            known[key] = _message(row)
+    return members, known
+
+
+async def _take_seqs(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+    """Move each room's ``last_seq`` on by its count of new messages; the new values.
+    PostgreSQL locks the rows as it updates them, in an order of its choosing; when a
+    batch spans rooms they are locked in id order first, so that two replicas'
+    batches wait for each other instead of deadlocking. (SQLite's writer holds the
+    whole database already.)"""
+    room = models.ChatRoom
+    ids = sorted(counts)
+    if len(ids) > 1 and conn.dialect.name == "postgresql":
+        await conn.execute(
+            select(room.id).where(room.id.in_(ids)).order_by(room.id).with_for_update()
+        )
+    rows = await conn.execute(
+        update(room)
+        .where(room.id.in_(ids))
+        .values(last_seq=room.last_seq + case(counts, value=room.id))
+        .returning(room.id, room.last_seq)
+    )
+    return {row.id: int(row.last_seq) for row in rows}
+
+
+async def _append(conn: AsyncConnection, fresh: list[Message]) -> None:
+    """Insert the new messages and move their senders' read marks to them."""
+    member = models.ChatMember
+    await conn.execute(
+        insert(models.ChatMessage),
+        [
+            {"room_id": m.room, "seq": m.seq, "sender_id": m.sender_id, "sender": m.sender,
+             "text": m.text, "client_msg_id": m.client_msg_id, "sent_at": m.sent_at}
+            for m in fresh
+        ],
+    )  # fmt: skip
+    read: dict[tuple[str, int], int] = {}
+    for m in fresh:
+        read[(m.room, m.sender_id)] = max(m.seq, read.get((m.room, m.sender_id), 0))
+    await conn.execute(
+        update(member)
+        .where(
+            member.room_id == bindparam("b_room"),
+            member.user_id == bindparam("b_user"),
+            member.last_read_seq < bindparam("b_seq"),
+        )
+        .values(last_read_seq=bindparam("b_seq")),
+        [{"b_room": r, "b_user": u, "b_seq": seq} for (r, u), seq in sorted(read.items())],
     )
 
 
@@ -425,6 +590,7 @@ class SqlRooms:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], limits: ChatLimits) -> None:
         self._sessions = sessions
         self.limits = limits
+        self._log: GroupCommit[_Post, Posted] = GroupCommit(self._commit, MAX_BATCH)
 
     async def _room_count(self, db: AsyncSession, user_id: int) -> int:
         member = models.ChatMember
@@ -501,48 +667,41 @@ class SqlRooms:
     async def post(
         self, room_id: str, user_id: int, username: str, client_msg_id: str, text: str
     ) -> Posted:
-        """One transaction: take the next seq (only for a member), insert, mark read.
-        A resend violates the unique (room, sender, client_msg_id): the transaction,
-        seq included, rolls back and the stored message is returned."""
-        sent_at = _now()
-        try:
-            with store_guard("database"):
-                async with self._sessions() as db, db.begin():
-                    seq = await self._next_seq(db, room_id, user_id)
-                    await db.execute(
-                        insert(models.ChatMessage).values(
-                            room_id=room_id,
-                            seq=seq,
-                            sender_id=user_id,
-                            sender=username,
-                            text=text,
-                            client_msg_id=client_msg_id,
-                            sent_at=sent_at,
-                        )
-                    )
-                    await self._read_to(db, room_id, user_id, seq)
-        except IntegrityError:
-            existing = await self._find(room_id, user_id, client_msg_id)
-            if existing is None:
-                raise
-            return Posted(existing, new=False)
-        message = Message(room_id, seq, user_id, username, text, client_msg_id, sent_at)
-        return Posted(message, new=True)
+        """Hand the message to the group commit; answer once its transaction committed
+        (and the batch was routed)."""
+        return await self._log.submit(
+            _Post(room_id, user_id, username, client_msg_id, text, _now())
+        )
 
-    async def _next_seq(self, db: AsyncSession, room_id: str, user_id: int) -> int:
-        room, member = models.ChatRoom, models.ChatMember
-        is_member = exists().where(member.room_id == room_id, member.user_id == user_id)
-        seq = (
-            await db.execute(
-                update(room)
-                .where(room.id == room_id, is_member)
-                .values(last_seq=room.last_seq + 1)
-                .returning(room.last_seq)
-            )
-        ).scalar()
-        if seq is None:
-            raise _not_member(room_id)
-        return int(seq)
+    async def close_log(self) -> None:
+        """Commit the messages still queued (briefly), then refuse the rest."""
+        await self._log.close()
+
+    async def _commit(self, posts: list[_Post]) -> list[Posted | Exception]:
+        """Store a batch in one transaction, then route what it stored. A constraint the
+        batch breaks (a resend another replica stored a moment ago) rolls it all back:
+        then each message is tried again alone, and only one still at fault fails."""
+        try:
+            results = await self._store(posts)
+        except IntegrityError:
+            results = [await self._store_alone(post) for post in posts]
+        await self._route([r for r in results if isinstance(r, Posted)])
+        return results
+
+    async def _store_alone(self, post: _Post) -> Posted | Exception:
+        try:
+            return (await self._store([post]))[0]
+        except IntegrityError as exc:
+            return exc
+
+    async def _store(self, posts: list[_Post]) -> list[Posted | Exception]:
+        with store_guard("database"):
+            async with self._sessions() as db, db.begin():
+                return await _store_batch(await db.connection(), posts)
+
+    async def _route(self, posted: list[Posted]) -> None:
+        """Send a committed batch to the replicas watching its rooms (``RedisChat``)."""
+        return None
 
     @staticmethod
     async def _read_to(db: AsyncSession, room_id: str, user_id: int, seq: int) -> None:
@@ -556,19 +715,6 @@ class SqlRooms:
             )
             .values(last_read_seq=seq)
         )
-
-    async def _find(self, room_id: str, user_id: int, client_msg_id: str) -> Message | None:
-        msg = models.ChatMessage
-        with store_guard("database"):
-            async with self._sessions() as db:
-                row = await db.scalar(
-                    select(msg).where(
-                        msg.room_id == room_id,
-                        msg.sender_id == user_id,
-                        msg.client_msg_id == client_msg_id,
-                    )
-                )
-        return _message(row) if row is not None else None
 
     async def history(self, room_id: str, after: int, limit: int) -> list[Message]:
         msg = models.ChatMessage
@@ -718,8 +864,9 @@ class RedisChat(SqlRooms):
             await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_TIMEOUT)
 
     async def stop(self) -> None:
-        """Stop the background tasks and take this replica's users out of the registry
-        now, rather than after the TTL."""
+        """Commit the messages still queued, stop the background tasks and take this
+        replica's users out of the registry now, rather than after the TTL."""
+        await self.close_log()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -850,6 +997,22 @@ class RedisChat(SqlRooms):
         with store_guard("redis"):
             await self._redis.publish(keys.chat_room_channel(room_id), orjson.dumps(event))
 
+    async def _route(self, posted: list[Posted]) -> None:
+        """One publish per room for the whole batch, in one round trip: the frames in
+        seq order, each once. Each watching replica hands them to its own sockets."""
+        frames: dict[str, dict[int, Event]] = {}
+        for p in posted:
+            frames.setdefault(p.message.room, {})[p.message.seq] = p.message.frame()
+        try:
+            with store_guard("redis"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for room_id, by_seq in frames.items():
+                        batch = [by_seq[seq] for seq in sorted(by_seq)]
+                        pipe.publish(keys.chat_room_channel(room_id), orjson.dumps(batch))
+                    await pipe.execute()
+        except (Unavailable, RedisError) as exc:  # stored is what counts; readers catch up
+            log.warning("%d messages stored but not routed: %s", len(posted), exc)
+
     async def tell_elsewhere(self, user_id: int, event: Event) -> None:
         """Route through the registry: only replicas holding the user hear it."""
         with store_guard("redis"):
@@ -951,8 +1114,10 @@ class RedisChat(SqlRooms):
             payload = orjson.loads(data)
             if channel == keys.chat_replica_channel(self._replica):
                 await listener.user_event(int(payload["user"]), payload["event"])
-            else:
-                room_id = channel.removeprefix(keys.chat_room_channel(""))
-                await listener.room_event(room_id, payload)
+                return
+            room_id = channel.removeprefix(keys.chat_room_channel(""))
+            # A room channel carries one event, or a committed batch of messages.
+            for event in payload if isinstance(payload, list) else [payload]:
+                await listener.room_event(room_id, event)
         except Exception:
             log.exception("chat event on %s could not be handled", channel)

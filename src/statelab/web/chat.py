@@ -15,6 +15,13 @@ sent, and one further ahead first pulls the missing range from history (no gaps)
 events reach the writer through a bounded queue: a socket too slow to drain it is
 closed with 1013 and resumes on reconnect, so a slow client never stalls a room.
 
+Sending. A ``send`` does not hold up the frames behind it: several sends of one
+socket wait for their commit together (the store commits messages in groups, in the
+order they came), and each is acknowledged once stored. How many is bounded by the
+send queue: each send brings an ack and, on a socket that follows the room, its own
+message, and the answers of a burst must fit with room to spare. Any other frame
+waits until the sends before it are answered, so answers keep the order of frames.
+
 A socket lives no longer than its session. Logout (one session) and logout-all (every
 session of the user) close the sockets on every replica through the chat store's
 per-replica routing. Since such an event can be missed (Redis unreachable for a
@@ -33,7 +40,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -73,6 +80,9 @@ CATCH_UP_PAGE = 200
 CATCH_UP_MAX_PAGES = 10_000
 #: How long a server-side close may take before the socket is given up.
 CLOSE_TIMEOUT = 5.0
+#: Most sends one socket may have waiting for their commit (fewer with a short send
+#: queue); the next frame waits for one to be answered.
+SENDS_IN_FLIGHT = 32
 #: Close codes: 4401 as for NotAuthenticated, 1013 "try again later" for a socket
 #: that could not keep up or whose catch-up failed, 1012 "service restart", 1008
 #: "policy violation" for a socket over the per-user limit.
@@ -147,16 +157,22 @@ def _bad_frame(exc: ValidationError) -> Event:
     return error_frame("bad_frame", f"{where}: {first['msg']}")
 
 
+def _error_of(exc: ValidationError | StatelabError) -> Event:
+    if isinstance(exc, ValidationError):
+        return _bad_frame(exc)
+    return error_frame(_code(exc), exc.detail)
+
+
 # ----------------------------------------------------------------- the writer's work
 
 
 @dataclass(frozen=True, slots=True)
 class _Live:
-    """A live message for the cursor logic."""
+    """A live message for the cursor logic, serialized once for every socket."""
 
     room: str
     seq: int
-    frame: Event
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +231,32 @@ class Connection:
         self.closing = False
         self.writer: asyncio.Task[None] | None = None
         self.closer: asyncio.Task[None] | None = None
+        self.sending: set[asyncio.Task[None]] = set()  # sends waiting for their commit
+        # Two frames of answer per send; half the queue stays free for the rest.
+        self.max_sending = max(1, min(SENDS_IN_FLIGHT, settings.chat_send_queue_frames // 4))
+
+    async def make_room(self) -> None:
+        """Wait until another send may start (see the module docstring)."""
+        while len(self.sending) >= self.max_sending:
+            await asyncio.wait(self.sending, return_when=asyncio.FIRST_COMPLETED)
+
+    def start_send(self, send: Coroutine[Any, Any, None]) -> None:
+        """Run a send beside the earlier ones still waiting for their commit. Tasks
+        start in the order they are made, and each hands its message to the store
+        before it first waits: the store sees a socket's messages in order."""
+        task = asyncio.create_task(send)
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def settle(self) -> None:
+        """Wait until every send started on this socket has been answered."""
+        if self.sending:
+            await asyncio.wait(self.sending)
+
+    def abandon(self) -> None:
+        """The socket is gone: stop waiting for its sends (they may still be stored)."""
+        for task in self.sending:
+            task.cancel()
 
     def offer(self, item: _Item) -> None:
         """Queue without waiting; a full queue means the client cannot keep up."""
@@ -278,7 +320,7 @@ class Connection:
             return  # not (yet) following the room, or already sent
         if item.seq > cursor + 1:
             await self._catch_up(item.room, item.seq - 1)
-        await self._send(item.frame)
+        await self.ws.send_text(item.text)
         self.cursors[item.room] = item.seq
 
     async def _start(self, item: _Start) -> None:
@@ -363,6 +405,7 @@ class Hub:
         finally:
             conn.closing = True
             conn.writer.cancel()
+            conn.abandon()
             guard.cancel()
             await self._forget(conn)
 
@@ -408,15 +451,32 @@ class Hub:
             await self._presence(conn.user_id, conn.username)
 
     async def _on_frame(self, conn: Connection, text: str | None) -> None:
+        """Handle one frame. A ``send`` runs beside the sends before it that still wait
+        for their commit, so they can share one; any other frame (or error) waits until
+        those are answered. Answers thus leave in the order of the frames."""
         try:
             if not conn.bucket.take():
                 raise RateLimited("too many frames on this socket; slow down", 1)
             frame = self._parse(text)
-            await self._handlers[frame.type](self, conn, frame)
-        except ValidationError as exc:
-            conn.offer(_bad_frame(exc))
-        except StatelabError as exc:
-            conn.offer(error_frame(_code(exc), exc.detail))
+        except (ValidationError, StatelabError) as exc:
+            await conn.settle()
+            conn.offer(_error_of(exc))
+            return
+        handler = self._handlers[frame.type]
+        if isinstance(frame, SendFrame):
+            await conn.make_room()
+            conn.start_send(self._answer(conn, handler(self, conn, frame)))
+        else:
+            await conn.settle()
+            await self._answer(conn, handler(self, conn, frame))
+
+    @staticmethod
+    async def _answer(conn: Connection, work: Awaitable[None]) -> None:
+        """Run a frame's work; a failure becomes an ``error`` frame on the socket."""
+        try:
+            await work
+        except (ValidationError, StatelabError) as exc:
+            conn.offer(_error_of(exc))
         except Exception:
             log.exception("chat frame of user %s failed", conn.user_id)
             conn.offer(error_frame("internal", "the server failed; the error was logged"))
@@ -452,16 +512,11 @@ class Hub:
             raise InvalidInput("text must not be empty")
         if len(frame.text) > limit:
             raise LimitExceeded(f"text is {len(frame.text)} characters; at most {limit}")
+        # The store routes it too (a resend again); cursors drop the duplicates.
         posted = await self.store.post(
             frame.room, conn.user_id, conn.username, frame.client_msg_id, frame.text
         )
         message = posted.message
-        try:
-            # A resend is routed again too: the first copy may have died with its
-            # replica between storing and publishing. Cursors drop the duplicates.
-            await self.store.publish(message.room, message.frame())
-        except Unavailable as exc:
-            log.warning("message %s/%s stored but not routed: %s", message.room, message.seq, exc)
         ack = {"client_msg_id": message.client_msg_id, "room": message.room, "seq": message.seq}
         conn.offer({"type": "ack", **ack})
 
@@ -590,7 +645,7 @@ class Hub:
         followers = list(self._by_room.get(room_id, ()))
         kind = event.get("type")
         if kind == "message":
-            live = _Live(room_id, int(event["seq"]), event)
+            live = _Live(room_id, int(event["seq"]), orjson.dumps(event).decode())
             for conn in followers:
                 conn.offer(live)
         elif kind == "typing":
