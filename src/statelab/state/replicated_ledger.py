@@ -57,8 +57,9 @@ Failure model:
 
 The log grows forever: no snapshot and no trimming are implemented, so a starting
 replica replays every entry ever appended. Measured on a 2-core machine by
-``tests/state/measure_replicated_ledger.py``: 100 000 entries replay in about 1.6 s
-(60 000-90 000 a second) and take Redis 120 bytes each (11.5 MiB). A trimmed log is
+``tests/state/measure_replicated_ledger.py``: 100 000 entries replay in 1.5-2.5 s
+(40 000-90 000 a second, as busy as the machine was) and take Redis 121 bytes each
+(11.5 MiB). A trimmed log is
 refused, not half-replayed: its first entry's ``prev`` is not the beginning, and the
 replica stays not ready.
 """
