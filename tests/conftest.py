@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
+import redis
 from statelab.cluster.servers import PostgresServer, RedisServer
+from statelab.db.migrate import upgrade
 from tests.support import sqlite_database
 
 _databases = itertools.count(1)
@@ -66,3 +67,15 @@ def closed_port() -> Iterator[int]:
 def sqlite_url(tmp_path: Path) -> str:
     """A migrated SQLite database of this test's own (migrated outside the event loop)."""
     return sqlite_database(tmp_path / "db")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of this test's own, once on SQLite and once on PostgreSQL
+    (migrated outside the event loop: Alembic runs its own)."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+        return url
+    url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from statelab.config import ConfigError, build_settings
 from statelab.db.engine import make_engine, sessionmaker
-from statelab.db.migrate import upgrade
 from statelab.domain.errors import InvalidInput, NotFound, Unavailable
 from statelab.domain.shop import MAX_PRICE_CENTS, Menu, load_menu
 from statelab.state import keys
@@ -29,17 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_url(request: pytest.FixtureRequest) -> str:
-    """A migrated database (migrated outside the event loop: Alembic runs its own)."""
-    if request.param == "sqlite":
-        url: str = request.getfixturevalue("sqlite_url")
-        return url
-    url = request.getfixturevalue("postgres_url")
-    upgrade(url)
-    return url
 
 
 @pytest.fixture

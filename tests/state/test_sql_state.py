@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statelab.db import models
 from statelab.db.engine import make_engine, sessionmaker
-from statelab.db.migrate import upgrade
 from statelab.domain.errors import LimitExceeded
 from statelab.domain.shop import CartLimits
 from statelab.state.cart import CartRef, SqlCarts, sweep_carts
@@ -32,16 +31,6 @@ class Clock:
 
     def __call__(self) -> float:
         return time.time() + self.offset
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        url: str = request.getfixturevalue("sqlite_url")
-        return url
-    url = request.getfixturevalue("postgres_url")
-    upgrade(url)
-    return url
 
 
 Engines = Callable[[], AsyncEngine]

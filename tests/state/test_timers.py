@@ -25,7 +25,6 @@ from statelab.cluster.servers import ManagedProcess
 from statelab.config import ConfigError, build_settings
 from statelab.db import models
 from statelab.db.engine import make_engine, sessionmaker
-from statelab.db.migrate import upgrade
 from statelab.domain.shop import CartLimits
 from statelab.state.cart import CartRef, SqlCarts
 from statelab.state.jobs import JobPolicy, QueueJobs, make_saq_queue
@@ -42,16 +41,6 @@ from statelab.state.timers import (
 from tests.files.support import eventually, worker_process
 
 S = 60  # period length of the store tests
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        url: str = request.getfixturevalue("sqlite_url")
-        return url
-    url = request.getfixturevalue("postgres_url")
-    upgrade(url)
-    return url
 
 
 @pytest.fixture

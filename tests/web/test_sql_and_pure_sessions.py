@@ -15,23 +15,11 @@ import jwt
 import pytest
 
 from statelab.config import ConfigError, build_settings
-from statelab.db.migrate import upgrade
 from statelab.keyring import derive
 from tests.support import register_and_login, share_login
 from tests.web.conftest import SECRET, Shop
 
 SQL_STATE = {"session": "db", "cart": "db"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_url(request: pytest.FixtureRequest) -> str:
-    """A migrated SQLite file or PostgreSQL database (migrated outside the event loop)."""
-    if request.param == "sqlite":
-        url: str = request.getfixturevalue("sqlite_url")
-        return url
-    url = request.getfixturevalue("postgres_url")
-    upgrade(url)
-    return url
 
 
 @pytest.fixture
