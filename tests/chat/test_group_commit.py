@@ -89,38 +89,44 @@ def _seqs_by_sender(posted: list[Posted]) -> dict[int, list[int]]:
     return out
 
 
+@pytest.mark.parametrize("rooms", [1, 5])
 async def test_concurrent_posts_share_transactions_and_keep_number_and_order(
-    replicas: Replicas,
+    replicas: Replicas, rooms: int
 ) -> None:
     users = await replicas.users(8)
-    room = await replicas.room_of(users)
+    room_ids = [await replicas.room_of(users) for _ in range(rooms)]
     replicas.commits = 0
-    # Eight senders, half on each replica, 25 messages each, all in flight at once;
+    # Eight senders, half on each replica, 25 messages each, all in flight at once,
+    # spread over the rooms (so that batches of both replicas span the same rooms);
     # tasks start in the order they are made, so that is each sender's order.
     tasks = [
         asyncio.create_task(
-            replicas.stores[s % 2].post(room, user, f"user{s}", f"c{i}", f"message {i}")
+            replicas.stores[s % 2].post(
+                room_ids[(i + s) % rooms], user, f"user{s}", f"c{i}", f"message {i}"
+            )
         )
         for i in range(25)
         for s, user in enumerate(users)
     ]
     posted = list(await asyncio.gather(*tasks))
 
-    count = len(posted)
     assert all(p.new for p in posted)
-    assert sorted(p.message.seq for p in posted) == list(range(1, count + 1))  # once each
-    for seqs in _seqs_by_sender(posted).values():
-        assert seqs == sorted(seqs)  # each sender's messages in the order sent
-    assert replicas.commits <= count / 5  # batched: one transaction per message before
-    history = await replicas.stores[1].history(room, 0, 500)
-    assert [(m.seq, m.client_msg_id, m.sender_id) for m in history] == sorted(
-        (p.message.seq, p.message.client_msg_id, p.message.sender_id) for p in posted
-    )
-    assert await replicas.stores[0].last_seq(room) == count
-    # Sending marks the room read up to one's own newest message, batched or not.
-    for s, user in enumerate(users):
-        newest = max(_seqs_by_sender(posted)[user])
-        assert (await replicas.stores[s % 2].unread(user))[room] == count - newest
+    assert replicas.commits <= len(posted) / 5  # batched: one transaction per message before
+    for room in room_ids:
+        mine = [p for p in posted if p.message.room == room]
+        count = len(mine)
+        assert sorted(p.message.seq for p in mine) == list(range(1, count + 1))  # once each
+        for seqs in _seqs_by_sender(mine).values():
+            assert seqs == sorted(seqs)  # each sender's messages in the order sent
+        history = await replicas.stores[1].history(room, 0, 500)
+        assert [(m.seq, m.client_msg_id, m.sender_id) for m in history] == sorted(
+            (p.message.seq, p.message.client_msg_id, p.message.sender_id) for p in mine
+        )
+        assert await replicas.stores[0].last_seq(room) == count
+        # Sending marks the room read up to one's own newest message, batched or not.
+        for s, user in enumerate(users):
+            newest = max(_seqs_by_sender(mine)[user])
+            assert (await replicas.stores[s % 2].unread(user))[room] == count - newest
 
 
 async def test_a_batch_answers_each_post_alone(replicas: Replicas) -> None:

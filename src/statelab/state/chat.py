@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
-from sqlalchemy import Row, and_, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -456,9 +456,9 @@ async def _store_batch(conn: AsyncConnection, posts: list[_Post]) -> list[Posted
 
     First, without a lock, one query says which senders are members of the rooms
     they post to and which posts were stored before (resends). Then the new ones are
-    numbered: one UPDATE takes each room's row lock and moves its ``last_seq`` past
-    the room's new messages, which are inserted under the numbers it hands back, in
-    the order they came. Rooms are locked for three statements and the commit.
+    numbered: the rooms' rows are locked and their ``last_seq`` moved past their new
+    messages, which are inserted under the numbers handed out, in the order they
+    came. The rooms stay locked only for the writes and the commit.
 
     A resend another replica stored between the check and the lock breaks the unique
     ``(room, sender, client_msg_id)``: ``IntegrityError``, the transaction (numbers
@@ -506,63 +506,107 @@ def _outcomes(
     return results
 
 
+# The statements of a batch, built once: a statement built per call costs more
+# (construction, cache key) than sending it. Lists go in expanding parameters.
+_MEMBER, _MESSAGE, _ROOM = (
+    models.ChatMember.__table__,
+    models.ChatMessage.__table__,
+    models.ChatRoom.__table__,
+)
+#: Memberships of the batch's senders in its rooms, each joined with what its member
+#: stored under the batch's client ids (a superset of the posts: sorted out after).
+_CHECK = (
+    select(_MEMBER.c.room_id.label("member_room"), _MEMBER.c.user_id.label("member"), _MESSAGE)
+    .select_from(
+        _MEMBER.outerjoin(
+            _MESSAGE,
+            and_(
+                _MESSAGE.c.room_id == _MEMBER.c.room_id,
+                _MESSAGE.c.sender_id == _MEMBER.c.user_id,
+                _MESSAGE.c.client_msg_id.in_(bindparam("ids", expanding=True)),
+            ),
+        )
+    )
+    .where(
+        _MEMBER.c.room_id.in_(bindparam("rooms", expanding=True)),
+        _MEMBER.c.user_id.in_(bindparam("users", expanding=True)),
+    )
+)
+#: One room: its row lock, and ``count`` numbers past its ``last_seq``.
+_TAKE_SEQS = (
+    update(models.ChatRoom)
+    .where(models.ChatRoom.id == bindparam("b_room"))
+    .values(last_seq=models.ChatRoom.last_seq + bindparam("b_count"))
+    .returning(models.ChatRoom.last_seq)
+)
+#: Several rooms: their row locks in id order, and where they are.
+_LOCK_ROOMS = (
+    select(_ROOM.c.id, _ROOM.c.last_seq)
+    .where(_ROOM.c.id.in_(bindparam("rooms", expanding=True)))
+    .order_by(_ROOM.c.id)
+    .with_for_update()
+)
+_SET_SEQ = (
+    update(models.ChatRoom)
+    .where(models.ChatRoom.id == bindparam("b_room"))
+    .values(last_seq=bindparam("b_seq"))
+)
+_INSERT = insert(models.ChatMessage)
+#: Move a read mark forward (never back).
+_READ_TO = (
+    update(models.ChatMember)
+    .where(
+        models.ChatMember.room_id == bindparam("b_room"),
+        models.ChatMember.user_id == bindparam("b_user"),
+        models.ChatMember.last_read_seq < bindparam("b_seq"),
+    )
+    .values(last_read_seq=bindparam("b_seq"))
+)
+
+
 async def _checked(
     conn: AsyncConnection, posts: list[_Post]
 ) -> tuple[set[tuple[str, int]], dict[tuple[str, int, str], Message]]:
     """Which ``(room, sender)`` pairs are memberships, and the messages already stored
     under the posts' ``(room, sender, client_msg_id)``: one query for both."""
-    member, msg = models.ChatMember.__table__, models.ChatMessage.__table__
-    pairs = sorted({(post.room, post.sender_id) for post in posts})
-    ids = sorted({post.client_msg_id for post in posts})
-    stored = and_(
-        msg.c.room_id == member.c.room_id,
-        msg.c.sender_id == member.c.user_id,
-        msg.c.client_msg_id.in_(ids),
-    )
     rows = await conn.execute(
-        select(member.c.room_id.label("member_room"), member.c.user_id.label("member"), msg)
-        .select_from(member.outerjoin(msg, stored))
-        .where(tuple_(member.c.room_id, member.c.user_id).in_(pairs))
+        _CHECK,
+        {
+            "rooms": sorted({post.room for post in posts}),
+            "users": sorted({post.sender_id for post in posts}),
+            "ids": sorted({post.client_msg_id for post in posts}),
+        },
     )
     wanted = {post.key for post in posts}
     members: set[tuple[str, int]] = set()
     known: dict[tuple[str, int, str], Message] = {}
     for row in rows:
         members.add((row.member_room, int(row.member)))
-        if (
-            row.seq is not None
-            and (key := (row.room_id, row.sender_id, row.client_msg_id)) in wanted
-        ):
+        key = (row.room_id, row.sender_id, row.client_msg_id)
+        if row.seq is not None and key in wanted:
             known[key] = _message(row)
     return members, known
 
 
 async def _take_seqs(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
     """Move each room's ``last_seq`` on by its count of new messages; the new values.
-    PostgreSQL locks the rows as it updates them, in an order of its choosing; when a
-    batch spans rooms they are locked in id order first, so that two replicas'
-    batches wait for each other instead of deadlocking. (SQLite's writer holds the
-    whole database already.)"""
-    room = models.ChatRoom
-    ids = sorted(counts)
-    if len(ids) > 1 and conn.dialect.name == "postgresql":
-        await conn.execute(
-            select(room.id).where(room.id.in_(ids)).order_by(room.id).with_for_update()
-        )
-    rows = await conn.execute(
-        update(room)
-        .where(room.id.in_(ids))
-        .values(last_seq=room.last_seq + case(counts, value=room.id))
-        .returning(room.id, room.last_seq)
-    )
-    return {row.id: int(row.last_seq) for row in rows}
+    One room takes one UPDATE. Several are locked first, in id order, so that two
+    replicas' batches wait for each other instead of deadlocking (SQLite's writer
+    holds the whole database already; the order changes nothing there)."""
+    if len(counts) == 1:
+        ((room, count),) = counts.items()
+        seq = (await conn.execute(_TAKE_SEQS, {"b_room": room, "b_count": count})).scalar_one()
+        return {room: int(seq)}
+    rows = await conn.execute(_LOCK_ROOMS, {"rooms": sorted(counts)})
+    last = {row.id: int(row.last_seq) + counts[row.id] for row in rows}
+    await conn.execute(_SET_SEQ, [{"b_room": r, "b_seq": seq} for r, seq in last.items()])
+    return last
 
 
 async def _append(conn: AsyncConnection, fresh: list[Message]) -> None:
     """Insert the new messages and move their senders' read marks to them."""
-    member = models.ChatMember
     await conn.execute(
-        insert(models.ChatMessage),
+        _INSERT,
         [
             {"room_id": m.room, "seq": m.seq, "sender_id": m.sender_id, "sender": m.sender,
              "text": m.text, "client_msg_id": m.client_msg_id, "sent_at": m.sent_at}
@@ -573,13 +617,7 @@ async def _append(conn: AsyncConnection, fresh: list[Message]) -> None:
     for m in fresh:
         read[(m.room, m.sender_id)] = max(m.seq, read.get((m.room, m.sender_id), 0))
     await conn.execute(
-        update(member)
-        .where(
-            member.room_id == bindparam("b_room"),
-            member.user_id == bindparam("b_user"),
-            member.last_read_seq < bindparam("b_seq"),
-        )
-        .values(last_read_seq=bindparam("b_seq")),
+        _READ_TO,
         [{"b_room": r, "b_user": u, "b_seq": seq} for (r, u), seq in sorted(read.items())],
     )
 
