@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from statelab.cli import app
-from statelab.cluster.cgroups import pin
+from statelab.cluster.cgroups import CpuQuota, pin
 from statelab.cluster.servers import PortedProcess
 from statelab.lab import load
 from statelab.lab.bench import (
@@ -56,7 +56,7 @@ def test_parse_wrk_reads_rate_percentiles_requests_and_every_kind_of_error() -> 
     assert result.rps == pytest.approx(2616.12)
     assert result.p50_ms == pytest.approx(11.7)
     assert result.p99_ms == pytest.approx(1270.0)
-    assert result.errors == 4 + 2 + 1
+    assert result.errors == 4 + 2 + 1 and result.non_2xx == 4
     assert result.requests == 13080
 
 
@@ -124,6 +124,26 @@ def test_pin_moves_every_thread_its_children_and_what_it_starts_later() -> None:
         assert json.loads(proc.stdout.readline()) == sorted(target)
         proc.stdin.close()
         assert proc.wait(10) == 0
+
+
+def test_a_cpu_quota_holds_a_process_to_its_share_until_released() -> None:
+    quota = CpuQuota(0.2)
+    assert quota.root is not None, "the scale-out curve needs a writable cpu cgroup: " + quota.note
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as proc:
+        try:
+            quota.limit("r1", proc.pid)
+            group = quota.groups["r1"]
+            assert str(proc.pid) in (group / "cgroup.procs").read_text().split()
+            if quota.root.name == "cpu":  # cgroup v1
+                period = int((group / "cpu.cfs_period_us").read_text())
+                assert (period, int((group / "cpu.cfs_quota_us").read_text())) == (100_000, 20_000)
+            else:
+                assert (group / "cpu.max").read_text().split() == ["20000", "100000"]
+            assert "0.2 CPU" in quota.note
+        finally:
+            quota.release()
+            proc.kill()
+    assert not group.exists() and quota.groups == {}
 
 
 def test_pin_names_a_process_that_is_gone() -> None:
@@ -252,6 +272,7 @@ def test_a_short_cart_bench_draws_the_scale_out_curve(tmp_path: Path) -> None:
     _check_server("stateless", bench["profiles"]["stateless"], rounds=1)
     curve = bench["scale_out"]
     assert [point["replicas"] for point in curve] == [1, 2]
+    assert curve[1]["connections"] == 2 * curve[0]["connections"]  # the same queue per replica
     assert all(p["rps"] > 0 and p["cpu_us_per_request"] > 0 and p["errors"] == 0 for p in curve)
     assert curve[0]["efficiency"] == 1.0 and curve[1]["efficiency"] is not None
     assert "CPU" in bench["scale_out_note"] and "pinning:" in result.output

@@ -116,7 +116,9 @@ def _children(pid: int, threads: Collection[int]) -> set[int]:
 
 class CpuQuota(_Groups):
     """One CPU-limited cgroup per process, so a replica's throughput cannot grow by
-    taking the cores the others would use."""
+    taking the cores the others would use. The kernel's own 100 ms period: with 10 ms
+    periods a saturated replica at 0.2 CPU was measured spending about 1.5 times
+    the CPU per request."""
 
     def __init__(self, share: float) -> None:
         super().__init__(_v1("cpu", "cpu.cfs_quota_us") or _v2("cpu"), "statelab-cpu")

@@ -83,6 +83,10 @@ SETTLE_SECONDS = 60.0
 #: is left to the kernel (loopback traffic is processed on both ends' cores) and to
 #: whatever else the machine runs, so the last replica added is not the one starved.
 SCALE_OUT_SHARE = 0.8
+#: Connections per scale-out replica (fewer if ``--connections`` says so): enough to
+#: keep a fifth of a core busy; a deeper queue at a CPU-limited replica only waits,
+#: and delays its health checks until the load balancer takes it out of rotation.
+SCALE_OUT_CONNECTIONS = 8
 
 
 class BenchError(RuntimeError):
@@ -158,6 +162,7 @@ class Round:
     errors: int
     requests: int
     cpu_us_per_request: float
+    non_2xx: int = 0
 
 
 def cpu_seconds(pids: Collection[int]) -> float:
@@ -193,6 +198,7 @@ def measure(
         errors=result.errors,
         requests=result.requests,
         cpu_us_per_request=round(per_request, 1),
+        non_2xx=result.non_2xx,
     )
 
 
@@ -204,6 +210,7 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
         "p50_ms": round(statistics.median(r.p50_ms for r in rounds), 3),
         "p99_ms": round(statistics.median(r.p99_ms for r in rounds), 3),
         "errors": sum(r.errors for r in rounds),
+        "non_2xx": sum(r.non_2xx for r in rounds),  # the rest of the errors: sockets
         "requests": sum(r.requests for r in rounds),
         "rounds_rps": [round(r.rps, 1) for r in rounds],
         "rounds_cpu_us": [r.cpu_us_per_request for r in rounds],
@@ -418,11 +425,13 @@ def scale_out_curve(
                     deployment.control.add()
                 pids = _place_cluster(deployment, count, quota, setup.pinning)
                 url, cpus = deployment.shop_url, setup.pinning.load
-                load.wrk(url, users, setup.connections, WARM_UP_SECONDS,
+                connections = min(setup.connections, SCALE_OUT_CONNECTIONS) * count
+                load.wrk(url, users, connections, WARM_UP_SECONDS,
                          workload=setup.workload, cpus=cpus or None)  # fmt: skip
-                measured = measure(url, users, pids, setup.workload, setup.connections,
-                                   seconds, cpus)  # fmt: skip
-                curve.append({"replicas": count, **measured.__dict__})
+                _replicas_up(deployment, count)  # all back in rotation after the warm-up
+                measured = measure(url, users, pids, setup.workload, connections, seconds, cpus)
+                curve.append({"replicas": count, "connections": connections,
+                              **measured.__dict__})  # fmt: skip
         finally:
             quota.release()
     _efficiency(curve)
@@ -432,7 +441,11 @@ def scale_out_curve(
         if setup.pinning.pinned
         else "not pinned"
     )
-    return curve, f"stateless profile through HAProxy, replicas added live; {quota.note}; {where}"
+    per = min(setup.connections, SCALE_OUT_CONNECTIONS)
+    return curve, (
+        f"stateless profile through HAProxy, replicas added live, {per} connections per "
+        f"replica; {quota.note}; {where}"
+    )
 
 
 def _place_cluster(
@@ -637,8 +650,8 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-SCALE_HEADERS = ("replicas", "requests/s", "µs CPU per request", "p99 ms", "efficiency",
-                 "marginal")  # fmt: skip
+SCALE_HEADERS = ("replicas", "requests/s", "µs CPU per request", "p99 ms", "errors",
+                 "efficiency", "marginal")  # fmt: skip
 
 
 def scale_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -649,6 +662,7 @@ def scale_rows(result: dict[str, Any]) -> list[list[str]]:
             f"{p['rps']:.0f}",
             f"{p['cpu_us_per_request']:.0f}",
             f"{p['p99_ms']:.1f}",
+            str(p["errors"]),
             _times(p.get("efficiency")),
             _times(p.get("marginal")),
         ]

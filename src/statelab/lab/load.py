@@ -99,9 +99,10 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    errors: int  # answers that were not 2xx or 3xx, and socket errors (timeouts too)
     requests: int = 0
     cdf_ms: list[float] = field(default_factory=list)  # latency at 2, 4, ... 100 %
+    non_2xx: int = 0  # of the errors, those that were answers
 
 
 def _unit_ms(value: str, unit: str) -> float:
@@ -117,12 +118,11 @@ def parse_wrk(output: str) -> WrkResult:
         p: _unit_ms(v, u)
         for p, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
     }
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    non_2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
     socket = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
-    if socket:
-        errors += sum(int(n) for n in socket.groups())
+    errors = non_2xx + (sum(int(n) for n in socket.groups()) if socket else 0)
     total = re.search(r"(\d+) requests in", output)
     cdf = re.search(r"^CDF((?: [\d.]+)+)$", output, re.M)
     return WrkResult(
@@ -130,6 +130,7 @@ def parse_wrk(output: str) -> WrkResult:
         p50_ms=round(pct.get("50", 0.0), 3),
         p99_ms=round(pct.get("99", 0.0), 3),
         errors=errors,
+        non_2xx=non_2xx,
         requests=int(total.group(1)) if total else 0,
         cdf_ms=[float(v) for v in cdf.group(1).split()] if cdf else [],
     )
