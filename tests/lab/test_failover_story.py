@@ -13,7 +13,8 @@ def metrics(**changed: object) -> FailoverMetrics:
         acknowledged_writes=412, acknowledged_lost=3, applied_unacknowledged=0,
         seconds_unwritable=2.5, writes_during_outage=0, users_affected=12,
         failed_requests=40, answers_503=40, answers_503_without_retry_after=0, answers_500=0,
-        no_answer=0, write_p50_ms=4.0, write_p99_ms=9.0, explanation="",
+        no_answer=0, write_p50_ms=4.0, write_p99_ms=9.0, chat_acknowledged=30, chat_lost=0,
+        chat_duplicates=0, explanation="",
     )  # fmt: skip
     return FailoverMetrics(**{**base, **changed})  # type: ignore[typeddict-item]
 
@@ -21,6 +22,7 @@ def metrics(**changed: object) -> FailoverMetrics:
 def test_asynchronous_replication_says_what_it_lost() -> None:
     said = _explain(metrics(), None)
     assert "lost 3 of 412 acknowledged cart adds" in said and "2.5 s" in said
+    assert "lost 0 deliveries of 30 acknowledged messages" in said
 
 
 def test_wait_is_compared_with_the_asynchronous_run() -> None:

@@ -48,6 +48,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 import orjson
+from redis.asyncio import RedisCluster
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy import Row, and_, bindparam, func, insert, select, update
@@ -1041,15 +1042,26 @@ class RedisChat(SqlRooms):
         frames: dict[str, dict[int, Event]] = {}
         for p in posted:
             frames.setdefault(p.message.room, {})[p.message.seq] = p.message.frame()
+        bodies = {
+            keys.chat_room_channel(room_id): orjson.dumps([by_seq[s] for s in sorted(by_seq)])
+            for room_id, by_seq in frames.items()
+        }
         try:
             with store_guard("redis"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for room_id, by_seq in frames.items():
-                        batch = [by_seq[seq] for seq in sorted(by_seq)]
-                        pipe.publish(keys.chat_room_channel(room_id), orjson.dumps(batch))
-                    await pipe.execute()
+                await self._publish_all(bodies)
         except (Unavailable, RedisError) as exc:  # stored is what counts; readers catch up
             log.warning("%d messages stored but not routed: %s", len(posted), exc)
+
+    async def _publish_all(self, bodies: dict[str, bytes]) -> None:
+        if isinstance(self._redis, RedisCluster):
+            # A cluster client refuses PUBLISH in a pipeline (a channel has no slot):
+            # one publish per room, side by side.
+            await asyncio.gather(*(self._redis.publish(c, b) for c, b in bodies.items()))
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, body in bodies.items():
+                pipe.publish(channel, body)
+            await pipe.execute()
 
     async def tell_elsewhere(self, user_id: int, event: Event) -> None:
         """Route through the registry: only replicas holding the user hear it."""
