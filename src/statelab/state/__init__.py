@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from statelab.config import Settings
 from statelab.db.engine import make_engine, sessionmaker
-from statelab.domain.shop import CartLimits
+from statelab.domain.shop import CartLimits, CartLines, Menu
 from statelab.keyring import MAKE_SECRET, Keys
-from statelab.state.cart import CartStore, ClientCarts, MemoryCarts, RedisCarts, SqlCarts
+from statelab.state.cart import CartRef, CartStore, ClientCarts, MemoryCarts, RedisCarts, SqlCarts
 from statelab.state.chat import ChatLimits, ChatStore, MemoryChat, RedisChat
 from statelab.state.errors import store_guard
 from statelab.state.files import (
@@ -31,6 +31,7 @@ from statelab.state.jobs import JobQueue, QueueJobs, open_jobs
 from statelab.state.ledger import Ledger, MemoryLedger, SqlLedger
 from statelab.state.menu import MemoryMenuCache, MenuStore, RedisMenuCache, SqlMenu
 from statelab.state.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from statelab.state.reads import local, read_together
 from statelab.state.redisclient import RedisClient, redis_client
 from statelab.state.redislink import RedisLink
 from statelab.state.replicated_ledger import ReplicatedLedger
@@ -41,6 +42,7 @@ from statelab.state.session import (
     MemorySessions,
     PureJwtSessions,
     RedisSessions,
+    Session,
     SessionStore,
     SqlSessions,
 )
@@ -70,6 +72,19 @@ class Stores:
     menu: MenuStore  # the menu and prices: SQL, served through the cache placement
     timers: Timers  # where the periodic work runs from (state/timers.py)
 
+    async def look_up(
+        self, credential: str | None, cart: CartRef | None
+    ) -> tuple[Session | None, CartLines, Menu]:
+        """The session behind ``credential``, the lines of ``cart`` and the menu (through
+        the cache), read together: whatever of them lives in Redis is read in one
+        round trip. No credential: no session; no cart: no lines."""
+        return await read_together(
+            self.link,
+            self.sessions.reading(credential) if credential else local(_nobody),
+            self.carts.reading(cart) if cart is not None else local(_no_lines),
+            self.menu.reading(),
+        )
+
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""
         status = {"database": await _sql_answers(self.engine)}
@@ -78,6 +93,14 @@ class Stores:
         if isinstance(self.ledger, ReplicatedLedger):
             status["ledger"] = self.ledger.ready  # has replayed the replication log
         return status
+
+
+async def _nobody() -> None:
+    return None
+
+
+async def _no_lines() -> CartLines:
+    return {}
 
 
 async def _sql_answers(engine: AsyncEngine) -> bool:

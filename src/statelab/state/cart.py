@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import ResponseError
@@ -53,6 +53,7 @@ from statelab.domain.errors import LimitExceeded, Unavailable
 from statelab.domain.shop import CartLimits, CartLines
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.reads import Read, local, read_one
 from statelab.state.redislink import RedisLink, Script, pairs
 
 
@@ -69,6 +70,10 @@ class CartStore(Protocol):
     name: str
 
     async def get(self, ref: CartRef) -> CartLines: ...
+
+    def reading(self, ref: CartRef) -> Read[CartLines]:
+        """``get`` as a ``Read``, to send with other stores' reads."""
+        ...
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         """Add quantities to lines (creating them); the whole cart after the change."""
@@ -134,6 +139,9 @@ class MemoryCarts:
 
     async def get(self, ref: CartRef) -> CartLines:
         return dict(self._lines(ref.owner))
+
+    def reading(self, ref: CartRef) -> Read[CartLines]:
+        return local(lambda: self.get(ref))
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         return self._put(ref.owner, _check_add(self._lines(ref.owner), lines, self._limits))
@@ -236,9 +244,13 @@ class RedisCarts:
         self._ttl = ttl
 
     async def get(self, ref: CartRef) -> CartLines:
-        with store_guard("redis"):
-            flat = await self._redis.call("HGETALL", keys.cart(ref.owner))
-        return _lines_from_flat(flat)
+        return await read_one(self._redis, self.reading(ref))
+
+    def reading(self, ref: CartRef) -> Read[CartLines]:
+        async def answer(replies: list[Any]) -> CartLines:
+            return _lines_from_flat(replies[0])
+
+        return Read([("HGETALL", keys.cart(ref.owner))], answer)
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         for qty in lines.values():
@@ -291,6 +303,9 @@ class ClientCarts:
 
     async def get(self, ref: CartRef) -> CartLines:
         return self._read(ref)
+
+    def reading(self, ref: CartRef) -> Read[CartLines]:
+        return local(lambda: self.get(ref))
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         return self._write(ref, _check_add(self._read(ref), lines, self._limits))
@@ -373,6 +388,9 @@ class SqlCarts:
             async with self._engine.connect() as conn:
                 await conn.execution_options(**READ_ONLY)
                 return await self._lines(conn, _owner_key(ref.owner), self._clock())
+
+    def reading(self, ref: CartRef) -> Read[CartLines]:
+        return local(lambda: self.get(ref))
 
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         for qty in lines.values():

@@ -37,11 +37,21 @@ def user_tag(user_id: int) -> str:
     return f"{{u{user_id}}}"
 
 
+def owner_of(owned: str) -> int | None:
+    """The user id an ``owned_id`` names (as the client sent it: unverified), or None
+    for an id of another form. Only ASCII digits of a 64-bit id: ``"²".isdigit()`` is
+    true, and ``int`` refuses it, as it refuses thousands of digits."""
+    owner, dot, _ = owned.partition(".")
+    if dot and owner.isascii() and owner.isdigit() and len(owner) <= 19:
+        return int(owner)
+    return None
+
+
 def _tag_of(owned: str) -> str:
     # An id not of the owned form (forged, or from before v2) gets a tag of its own:
     # it finds nothing, wherever it lands.
-    owner, dot, _ = owned.partition(".")
-    return user_tag(int(owner)) if dot and owner.isdigit() else f"{{{owned}}}"
+    owner = owner_of(owned)
+    return user_tag(owner) if owner is not None else f"{{{owned}}}"
 
 
 def session(sid: str) -> str:

@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import func, select, update
@@ -47,6 +47,7 @@ from statelab.domain.errors import NotFound, Unavailable
 from statelab.domain.shop import Menu, MenuItem, valid_price
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.reads import Read, local, read_one
 from statelab.state.redislink import Arg, RedisLink, Script
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class MenuStore(Protocol):
     async def cached(self) -> Menu:
         """The menu through the cache: what pages and cart answers show. Up to the
         cache's TTL old (``memory``) or as fresh as the last change (``redis``)."""
+        ...
+
+    def reading(self) -> Read[Menu]:
+        """``cached`` as a ``Read``, to send with other stores' reads."""
         ...
 
     async def current(self) -> Menu:
@@ -135,6 +140,9 @@ class MemoryMenuCache:
     async def cached(self) -> Menu:
         return self._fresh() or await self._reload(force=False)
 
+    def reading(self) -> Read[Menu]:
+        return local(self.cached)
+
     async def current(self) -> Menu:
         return await self._source.current()
 
@@ -192,8 +200,13 @@ class RedisMenuCache:
         self._last: tuple[str, Menu] | None = None
 
     async def cached(self) -> Menu:
-        with store_guard("redis"):
-            version, raw = await self._redis.call("HMGET", keys.menu(), "version", "items")
+        return await read_one(self._redis, self.reading())
+
+    def reading(self) -> Read[Menu]:
+        return Read([("HMGET", keys.menu(), "version", "items")], self._answer)
+
+    async def _answer(self, replies: list[Any]) -> Menu:
+        version, raw = replies[0]
         if version is None or raw is None:
             return await self._fill()
         if self._last is None or self._last[0] != raw:

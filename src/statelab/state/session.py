@@ -39,6 +39,7 @@ from statelab.db.engine import READ_ONLY, writing
 from statelab.domain.errors import Unavailable
 from statelab.state import keys
 from statelab.state.errors import store_guard
+from statelab.state.reads import Read, local, read_one
 from statelab.state.redislink import RedisLink, pairs
 
 CredentialKind = Literal["cookie", "bearer"]
@@ -85,6 +86,16 @@ class SessionStore(Protocol):
         """The live session behind a credential, or None; renews the idle timeout."""
         ...
 
+    def reading(self, credential: str) -> Read[Session | None]:
+        """``resolve`` as a ``Read``, to send with other stores' reads."""
+        ...
+
+    def claimed_user(self, credential: str) -> int | None:
+        """The user a credential says it belongs to, before any store is asked (a
+        session id names its user, a token carries it): lets the cart be read in the
+        same round trip as the session. Only a resolved session proves it."""
+        ...
+
     async def revoke(self, session: Session) -> None: ...
 
     async def revoke_all(self, user_id: int) -> int:
@@ -92,6 +103,10 @@ class SessionStore(Protocol):
         ...
 
     async def list_for_user(self, user_id: int) -> list[Session]: ...
+
+
+async def _nobody() -> None:
+    """The answer of a read that needs no store: no session."""
 
 
 def new_session_id() -> str:
@@ -169,6 +184,12 @@ class MemorySessions:
             self._sessions[credential] = (session, now + self._life.idle)
             self._sessions.move_to_end(credential)
         return session
+
+    def reading(self, credential: str) -> Read[Session | None]:
+        return local(lambda: self.resolve(credential))
+
+    def claimed_user(self, credential: str) -> int | None:
+        return keys.owner_of(credential)
 
     async def revoke(self, session: Session) -> None:
         self._forget(session)
@@ -301,13 +322,21 @@ class RedisSessions:
         return Issued(session, session.sid)
 
     async def resolve(self, credential: str) -> Session | None:
+        return await read_one(self._redis, self.reading(credential))
+
+    def reading(self, credential: str) -> Read[Session | None]:
         """One HGETALL per request. The idle timeout is renewed only when a tenth of
         it has passed since the last renewal, so most requests cost one command and
         the effective idle timeout lies between 90% and 100% of the setting."""
         key = keys.session(credential)
-        with store_guard("redis"):
-            raw = pairs(await self._redis.call("HGETALL", key))
-        session = _from_hash(credential, raw) if raw else None
+
+        async def answer(replies: list[Any]) -> Session | None:
+            return await self._live(credential, key, pairs(replies[0]))
+
+        return Read([("HGETALL", key)], answer)
+
+    async def _live(self, sid: str, key: str, raw: dict[str, str]) -> Session | None:
+        session = _from_hash(sid, raw) if raw else None
         if session is None:
             return None
         now = time.time()
@@ -320,6 +349,9 @@ class RedisSessions:
                     [("EXPIRE", key, self._life.idle, "XX"), ("HSET", key, "touched", repr(now))]
                 )
         return session
+
+    def claimed_user(self, credential: str) -> int | None:
+        return keys.owner_of(credential)
 
     async def revoke(self, session: Session) -> None:
         with store_guard("redis"):
@@ -478,16 +510,27 @@ class JwtSessions:
         return self._codec.decode(token)
 
     async def resolve(self, credential: str) -> Session | None:
+        return await read_one(self._redis, self.reading(credential))
+
+    def reading(self, credential: str) -> Read[Session | None]:
+        """The signature and expiry here (``JwtCodec``), then one MGET of the
+        deny-list: the token's own entry (logout) and its user's cutoff (logout-all)."""
         session = self._codec.session(credential)
         if session is None:
-            return None
-        with store_guard("redis"):
-            denied, cutoff = await self._redis.call(
-                "MGET", keys.denied_token(session.sid), keys.denied_before(session.user_id)
-            )
-        if denied is not None or (cutoff is not None and session.created_at <= float(cutoff)):
-            return None
-        return session
+            return local(_nobody)
+
+        async def answer(replies: list[Any]) -> Session | None:
+            denied, cutoff = replies[0]
+            if denied is not None or (cutoff is not None and session.created_at <= float(cutoff)):
+                return None
+            return session
+
+        deny = ("MGET", keys.denied_token(session.sid), keys.denied_before(session.user_id))
+        return Read([deny], answer)
+
+    def claimed_user(self, credential: str) -> int | None:
+        session = self._codec.session(credential)
+        return session.user_id if session is not None else None
 
     async def revoke(self, session: Session) -> None:
         ttl = max(1, int(session.expires_at - time.time()) + _LEEWAY)
@@ -547,6 +590,13 @@ class PureJwtSessions:
 
     async def resolve(self, credential: str) -> Session | None:
         return self._codec.session(credential)
+
+    def reading(self, credential: str) -> Read[Session | None]:
+        return local(lambda: self.resolve(credential))
+
+    def claimed_user(self, credential: str) -> int | None:
+        session = self._codec.session(credential)
+        return session.user_id if session is not None else None
 
     async def revoke(self, session: Session) -> None:
         """Nothing to do: the token stays valid until it expires (the client's copy
@@ -648,6 +698,12 @@ class SqlSessions:
         if now - row.touched_at > self._life.idle / 10:
             await self._renew(credential, min(now + self._life.idle, row.expires_at), now)
         return _session_of(row)
+
+    def reading(self, credential: str) -> Read[Session | None]:
+        return local(lambda: self.resolve(credential))
+
+    def claimed_user(self, credential: str) -> int | None:
+        return keys.owner_of(credential)
 
     async def _renew(self, sid: str, live_until: float, now: float) -> None:
         with store_guard("database"):

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 from starlette.responses import Response
 
 from statelab.config import Settings
@@ -15,6 +16,13 @@ from statelab.jobs import perform_job
 from statelab.state import Stores, open_stores
 from statelab.web import admin, auth, chat, files, openapi, ops, pages, problems, reports, shop
 from statelab.web.ops import BodyTooLarge, Metrics, ReplicaMiddleware
+
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -36,6 +44,10 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         summary="A pizza shop whose state can live in the replica, a shared store or the client.",
         lifespan=lifespan,
+        # The replica exports its own metrics (/metrics). FastAPI's OpenTelemetry hooks
+        # would otherwise ask the global providers on every request whether anyone
+        # listens: off.
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.draining = False
@@ -47,9 +59,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     problems.install(app)
     app.add_exception_handler(BodyTooLarge, _too_large)
+    # FastAPI tries the routers in this order, matching every route of each until one
+    # fits: the shop's (the cart, the hot path) first.
     for router in (
-        auth.router,
         shop.router,
+        auth.router,
         admin.router,
         reports.router,
         ops.router,

@@ -23,8 +23,10 @@ from statelab.web.deps import (
     StoresDep,
     UncheckedCallerDep,
     UserDep,
+    anon_cart,
     anon_csrf_token,
     set_cookie,
+    user_cart,
 )
 from statelab.web.params import Text
 from statelab.web.problems import responses
@@ -155,8 +157,8 @@ async def _merge_anonymous_cart(
     if caller.anon_id is None:
         return
     carried = request.cookies.get(CART_COOKIE)
-    anon_ref = CartRef(owner=f"a:{caller.anon_id}", carried=carried)
-    user_ref = CartRef(owner=f"u:{session.user_id}", carried=carried)
+    anon_ref = CartRef(owner=anon_cart(caller.anon_id), carried=carried)
+    user_ref = CartRef(owner=user_cart(session.user_id), carried=carried)
     lines = await stores.carts.get(anon_ref)
     if lines:
         try:

@@ -32,8 +32,12 @@ from statelab.web.problems import FieldProblem, Problem, responses
 
 #: What taking a dependency lets a route answer.
 DEPENDENCY_ANSWERS: dict[Callable[..., Any], frozenset[int]] = {
-    # A route that takes the stores uses them, and any of them can be down.
+    # A route that takes the stores uses them, and any of them can be down; so does
+    # one that asks who is calling (the session store).
     deps.get_stores: frozenset({503}),
+    deps.get_caller: frozenset({503}),
+    deps.get_caller_unchecked: frozenset({503}),
+    deps.get_shopper: frozenset({503}),
     deps.get_user: frozenset({401}),
     # A missing or malformed key (400), the same key with another body (422).
     deps.get_idempotency: frozenset({400, 422}),
@@ -56,7 +60,7 @@ DEPENDENCY_HEADERS: dict[Callable[..., Any], list[dict[str, Any]]] = {
 }
 
 #: Only a cookie-authenticated write is checked for its CSRF token.
-CSRF_CHECKED = deps.get_caller
+CSRF_CHECKED = frozenset({deps.get_caller, deps.get_shopper})
 
 #: FastAPI's own description of a 422, which our answers never follow.
 FASTAPI_422 = "#/components/schemas/HTTPValidationError"
@@ -93,7 +97,7 @@ def answers(route: RouteContext) -> set[int]:
         found.add(413)
         if (route.path or "").startswith(JSON_ONLY_PREFIX):
             found.add(415)
-    if methods & deps.UNSAFE and CSRF_CHECKED in calls:
+    if methods & deps.UNSAFE and CSRF_CHECKED & calls:
         found.add(403)
     return found
 

@@ -91,6 +91,23 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        # The labelled children, by (method, endpoint, status): ``labels()`` costs more
+        # than counting. Bounded: the HTTP parser knows a fixed set of methods, the app
+        # a fixed set of endpoints and statuses.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and how long it took."""
+        key = (method, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(self.replica, method, endpoint, str(status)),
+                self.latency.labels(self.replica, endpoint),
+            )
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     def watch(self, counters: dict[str, Callable[[], int]]) -> None:
         """Export the stores' call counters (see ``StoreCalls``)."""
@@ -161,8 +178,9 @@ class ReplicaMiddleware:
                 message["headers"] = [*message.get("headers", []), self.served_by]
             await send(message)
 
-        refusal = self._refuse(scope)
-        if refusal is not None:
+        if scope["method"] not in BODY_METHODS:  # no route reads its body: nothing to limit
+            await self.app(scope, receive, send_stamped)
+        elif (refusal := self._refuse(scope)) is not None:
             await refusal(scope, receive, send_stamped)
         else:
             limit = self._limit(scope["path"])
@@ -186,8 +204,6 @@ class ReplicaMiddleware:
         return self.max_body
 
     def _refuse(self, scope: Scope) -> Response | None:
-        if scope["method"] not in BODY_METHODS:
-            return None
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         limit = self._limit(scope["path"])
@@ -202,11 +218,8 @@ class ReplicaMiddleware:
         return None
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        endpoint = scope.get("endpoint")
-        name = getattr(endpoint, "__name__", "unmatched")
-        m = self.metrics
-        m.requests.labels(m.replica, scope["method"], name, str(status)).inc()
-        m.latency.labels(m.replica, name).observe(seconds)
+        name = getattr(scope.get("endpoint"), "__name__", "unmatched")
+        self.metrics.observe(scope["method"], name, status, seconds)
 
 
 class BodyTooLarge(Exception):

@@ -7,17 +7,17 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from statelab.domain.errors import EmptyCart, InvalidInput, NotFound
 from statelab.domain.shop import MAX_AMOUNT_CENTS, CartLines, Menu, PricedCart, price
-from statelab.state.cart import CartRef
 from statelab.state.ledger import Outcome
 from statelab.web.deps import (
     CSRF_HEADER,
     CallerDep,
     IdemDep,
+    Shopper,
+    ShopperDep,
     StoresDep,
     UserDep,
     anon_csrf_token,
@@ -25,7 +25,7 @@ from statelab.web.deps import (
     finish_cart,
 )
 from statelab.web.params import INT64_MAX, Count, Id, IdPath
-from statelab.web.problems import problem, responses, status_of
+from statelab.web.problems import JsonResponse, problem, responses, status_of
 
 router = APIRouter(prefix="/api", tags=["shop"])
 
@@ -126,29 +126,37 @@ async def menu(stores: StoresDep) -> MenuOut:
     return menu_out(await stores.menu.cached())
 
 
-def _cart_out(priced: PricedCart) -> CartOut:
-    return CartOut(
-        items=[CartLineOut(**asdict(line)) for line in priced.lines], total_cents=priced.total_cents
-    )
+def cart_document(priced: PricedCart) -> dict[str, Any]:
+    """A priced cart as the ``CartOut`` document, built directly: the cart answers are
+    the hot path, and a model built only to be dumped again costs more than the rest."""
+    items = [
+        {
+            "item_id": line.item_id,
+            "name": line.name,
+            "quantity": line.quantity,
+            "price_cents": line.price_cents,
+        }
+        for line in priced.lines
+    ]
+    return {"items": items, "total_cents": priced.total_cents}
 
 
-async def _cart_response(
-    request: Request, stores: StoresDep, caller: CallerDep, lines: CartLines, ref: CartRef | None
-) -> JSONResponse:
-    """The whole cart, priced through the cache placement like the menu."""
-    priced = price(lines, await stores.menu.cached())
-    response = JSONResponse(_cart_out(priced).model_dump())
-    if ref is not None:
-        finish_cart(request, response, stores, caller, ref)
+def _cart_response(shopper: Shopper, lines: CartLines) -> Response:
+    """The whole cart, priced from the menu read with the session (through the cache
+    placement, like ``GET /api/menu``)."""
+    response = JsonResponse(cart_document(price(lines, shopper.menu)))
+    caller, stores = shopper.caller, shopper.stores
+    if shopper.ref is not None:
+        finish_cart(shopper.request, response, stores, caller, shopper.ref)
     if caller.session is None and caller.anon_id is not None:
         token = anon_csrf_token(stores.keys.csrf, caller.anon_id)
         response.headers[CSRF_HEADER] = token
     return response
 
 
-async def _known_item(stores: StoresDep, item_id: int, *, in_path: bool) -> int:
+def _known_item(menu: Menu, item_id: int, *, in_path: bool) -> int:
     try:
-        (await stores.menu.cached()).get(item_id)
+        menu.get(item_id)
     except NotFound:
         if in_path:
             raise
@@ -157,42 +165,32 @@ async def _known_item(stores: StoresDep, item_id: int, *, in_path: bool) -> int:
 
 
 @router.get("/cart", response_model=CartOut)
-async def get_cart(request: Request, stores: StoresDep, caller: CallerDep) -> Response:
-    if caller.session is None and caller.anon_id is None:
-        return await _cart_response(request, stores, caller, {}, None)
-    ref = cart_ref(request, caller)
-    return await _cart_response(request, stores, caller, await stores.carts.get(ref), ref)
+async def get_cart(shopper: ShopperDep) -> Response:
+    """The caller's cart, priced (its session, cart and the menu read in one round trip)."""
+    return _cart_response(shopper, shopper.lines or {})
 
 
 @router.post("/cart/items", response_model=CartOut)
-async def add_item(
-    body: AddItem, request: Request, stores: StoresDep, caller: CallerDep
-) -> Response:
+async def add_item(body: AddItem, shopper: ShopperDep) -> Response:
     """Add ``quantity`` to a line, creating it. Answers with the whole cart."""
-    ref = cart_ref(request, caller)
-    item_id = await _known_item(stores, body.item_id, in_path=False)
-    lines = await stores.carts.add(ref, {item_id: body.quantity})
-    return await _cart_response(request, stores, caller, lines, ref)
+    item_id = _known_item(shopper.menu, body.item_id, in_path=False)
+    lines = await shopper.stores.carts.add(shopper.cart(), {item_id: body.quantity})
+    return _cart_response(shopper, lines)
 
 
 @router.patch("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
-async def set_item(
-    item_id: IdPath, body: SetQuantity, request: Request, stores: StoresDep, caller: CallerDep
-) -> Response:
+async def set_item(item_id: IdPath, body: SetQuantity, shopper: ShopperDep) -> Response:
     """Set a line's quantity (0 removes it)."""
-    ref = cart_ref(request, caller)
-    known = await _known_item(stores, item_id, in_path=True)
-    lines = await stores.carts.set(ref, known, body.quantity)
-    return await _cart_response(request, stores, caller, lines, ref)
+    known = _known_item(shopper.menu, item_id, in_path=True)
+    lines = await shopper.stores.carts.set(shopper.cart(), known, body.quantity)
+    return _cart_response(shopper, lines)
 
 
 @router.delete("/cart/items/{item_id}", response_model=CartOut, responses=responses(404))
-async def delete_item(
-    item_id: IdPath, request: Request, stores: StoresDep, caller: CallerDep
-) -> Response:
-    ref = cart_ref(request, caller)
-    lines = await stores.carts.set(ref, await _known_item(stores, item_id, in_path=True), 0)
-    return await _cart_response(request, stores, caller, lines, ref)
+async def delete_item(item_id: IdPath, shopper: ShopperDep) -> Response:
+    known = _known_item(shopper.menu, item_id, in_path=True)
+    lines = await shopper.stores.carts.set(shopper.cart(), known, 0)
+    return _cart_response(shopper, lines)
 
 
 @router.get("/account")
@@ -207,7 +205,7 @@ def _answer(outcome: Outcome) -> Response:
     if outcome.refusal is not None:
         status, _close = status_of(outcome.refusal)
         return problem(status, outcome.refusal.title, outcome.refusal.detail, headers)
-    return JSONResponse(outcome.body, 201 if outcome.kind == "created" else 200, headers)
+    return JsonResponse(outcome.body, 201 if outcome.kind == "created" else 200, headers)
 
 
 @router.post("/account/top-up", response_model=Balance)
@@ -228,7 +226,7 @@ def _price_changed(priced: PricedCart, shown: int) -> Response:
         f"the cart now costs {priced.total_cents} cents, not the {shown} cents shown: nothing "
         f"was charged; check out again with expected_total_cents {priced.total_cents}"
     )
-    cart = _cart_out(priced).model_dump()
+    cart = cart_document(priced)
     return problem(
         409, "Price changed", detail, total_cents=cart["total_cents"], items=cart["items"]
     )
