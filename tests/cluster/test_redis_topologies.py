@@ -12,7 +12,22 @@ from typing import Any
 import pytest
 
 from statelab.cluster.client import ClusterError, format_status
+from statelab.cluster.supervisor import ClusterOptions
 from tests.cluster.conftest import RunningCluster, ShopperFactory, start_cluster
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"redis_topology": "ring"}, "--redis must be one of single, sentinel, cluster"),
+        ({"redis_wait": 1}, "--redis-wait"),  # a lone server has no replica to wait for
+        ({"redis_topology": "sentinel", "redis_wait": 3}, "--redis-wait: 0 to 2"),
+        ({"redis_topology": "cluster", "redis_delay_proxy": True}, "one Redis"),
+    ],
+)
+def test_redis_options_are_refused_saying_why(options: dict[str, Any], said: str) -> None:
+    with pytest.raises(ClusterError, match=said):
+        ClusterOptions(**options).check()
 
 
 def roles(status: dict[str, Any]) -> dict[str, str]:
