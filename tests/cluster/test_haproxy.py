@@ -95,6 +95,22 @@ def test_a_slot_is_filled_at_runtime_and_takes_traffic(tmp_path: Path, closed_po
         assert api.show_stat()["r2"].admin == "drain"
 
 
+def test_with_no_replica_up_haproxy_answers_a_problem_with_retry_after(
+    tmp_path: Path, closed_port: int
+) -> None:
+    cfg = config(tmp_path, False, r1=closed_port)  # r1 points at nothing: DOWN
+    with HAProxyServer(tmp_path, cfg) as lb:
+        deadline = time.monotonic() + 5
+        while RuntimeAPI(cfg.socket_path).show_stat()["r1"].status.startswith("UP"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = httpx.get(lb.url + "/api/cart")
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["status"] == 503 and r.json()["title"] == "Service unavailable"
+
+
 def stat(status: str, sessions: int = 0) -> ServerStat:
     return ServerStat(
         name="r1",
