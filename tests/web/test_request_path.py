@@ -3,7 +3,9 @@ shows anybody a cart that is not theirs."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import math
 from collections.abc import Iterator
 
 import httpx
@@ -12,6 +14,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
 import redis
+from statelab.db.engine import StatementCount
+from statelab.state import keys
 from tests.support import register_and_login
 from tests.web.conftest import ShopFactory
 
@@ -115,3 +119,23 @@ async def test_no_route_has_a_synchronous_dependency(shop: ShopFactory) -> None:
     }
     assert sync == set()
     assert isinstance(client, httpx.AsyncClient)
+
+
+@pytest.mark.parametrize("cache", ["redis", "memory"])
+async def test_requests_that_miss_the_menu_together_read_sql_once(
+    shop: ShopFactory, redis_url: str, cache: str
+) -> None:
+    """When the shared copy expires, every request in flight misses it at once: they
+    share one SQL read (and take no write lock for it)."""
+    client = await shop("stateless", place={"cache": cache})
+    stores = client._transport.app.state.stores  # type: ignore[attr-defined]
+    await client.get("/api/menu")
+    if cache == "redis":
+        with redis.Redis.from_url(redis_url) as admin:
+            assert admin.delete(keys.menu()) == 1  # as if its TTL ran out
+    else:
+        stores.menu._loaded_at = -math.inf  # the copy's TTL ran out
+    statements = StatementCount(stores.engine)
+    answers = await asyncio.gather(*(client.get("/api/menu") for _ in range(20)))
+    assert {r.status_code for r in answers} == {200}
+    assert statements.value == 1

@@ -43,6 +43,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from statelab.db import models
+from statelab.db.engine import READ_ONLY
 from statelab.domain.errors import NotFound, Unavailable
 from statelab.domain.shop import Menu, MenuItem, valid_price
 from statelab.state import keys
@@ -92,8 +93,10 @@ class SqlMenu:
         self._sessions = sessions
 
     async def current(self) -> Menu:
+        """One read, in no transaction: on SQLite it waits for no writer (``READ_ONLY``)."""
         with store_guard("database"):
             async with self._sessions() as db:
+                await db.connection(execution_options=READ_ONLY)
                 rows = (await db.execute(select(*_MENU_COLUMNS).order_by(models.MenuItem.id))).all()
         items = tuple(MenuItem(r.id, r.name, r.kind, r.price_cents) for r in rows)
         return Menu(items, sum(r.version for r in rows))
@@ -198,6 +201,7 @@ class RedisMenuCache:
         self._ttl_ms = max(1, round(ttl * 1000))
         # The last copy decoded, by its raw value: most reads find it unchanged.
         self._last: tuple[str, Menu] | None = None
+        self._filling: asyncio.Future[Menu] | None = None  # the load misses wait for
 
     async def cached(self) -> Menu:
         return await read_one(self._redis, self.reading())
@@ -221,7 +225,7 @@ class RedisMenuCache:
             await self._redis.call("DEL", keys.menu())
         item = await self._source.set_price(item_id, price_cents)
         try:
-            await self._fill()
+            await self._load()  # its own load: one in flight may have read the old price
         except Unavailable as exc:
             log.warning(
                 "price of item %s changed, but the shared menu could not be replaced (%s): "
@@ -239,6 +243,14 @@ class RedisMenuCache:
             return bool(await self._redis.run(_REPLACE, [keys.menu()], args))
 
     async def _fill(self) -> Menu:
+        """The menu for a request that missed the shared copy. When the copy expires,
+        every request in flight misses it at once: they share one load, so a replica
+        reads SQL once, not once per request."""
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.ensure_future(self._load())
+        return await asyncio.shield(self._filling)
+
+    async def _load(self) -> Menu:
         """Load the menu from SQL and offer it to Redis."""
         menu = await self._source.current()
         await self.offer(menu)
