@@ -276,3 +276,22 @@ def test_a_short_cart_bench_draws_the_scale_out_curve(tmp_path: Path) -> None:
     assert all(p["rps"] > 0 and p["cpu_us_per_request"] > 0 and p["errors"] == 0 for p in curve)
     assert curve[0]["efficiency"] == 1.0 and curve[1]["efficiency"] is not None
     assert "CPU" in bench["scale_out_note"] and "pinning:" in result.output
+
+
+@pytest.mark.slow
+def test_a_short_chat_bench_reports_the_chat_measure_and_gives_the_cores_back(
+    tmp_path: Path,
+) -> None:
+    before = os.sched_getaffinity(0)
+    out = tmp_path / "chat.json"
+    argv = ["bench", "--workload", "chat", "--seconds", "1", "--json", str(out), "--markdown"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert os.sched_getaffinity(0) == before  # the generator ran pinned in this process
+    bench = json.loads(out.read_text())
+    chat = bench["chat"]
+    assert chat["database"] == "sqlite" and chat["rooms"] == 1
+    assert chat["msgs_per_second"] > 0 and chat["gaps"] == 0
+    assert chat["ack_p99_ms"] > 0 and chat["delivery_p99_ms"] > 0
+    assert bench["profiles"] == {} and bench["scale_out"] == []
+    assert "| msgs_per_second |" in result.output
