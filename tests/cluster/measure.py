@@ -24,18 +24,18 @@ from pathlib import Path
 
 import httpx
 
-from statelab.lab.bench import CART_LUA, login_users, parse_wrk
-from statelab.lab.deployment import Deployment
+from statelab.lab.deployment import LocalDeployment
+from statelab.lab.load import CART_LUA, login_users, parse_wrk
 
 
-def _state(deployment: Deployment, rid: str) -> str:
+def _state(deployment: LocalDeployment, rid: str) -> str:
     for replica in deployment.control.status()["replicas"]:
         if replica["id"] == rid:
             return str(replica["state"])
     return "missing"
 
 
-def _wait_state(deployment: Deployment, rid: str, want: str, limit: float) -> float:
+def _wait_state(deployment: LocalDeployment, rid: str, want: str, limit: float) -> float:
     start = time.monotonic()
     while _state(deployment, rid) != want:
         if time.monotonic() - start > limit:
@@ -56,10 +56,10 @@ def _sessions_alive(url: str, users_file: Path) -> int:
 
 
 def measure(profile: str, kills: int, root: Path) -> None:
-    with Deployment(root / profile, profile, replicas=3) as deployment:
+    with LocalDeployment(root / profile, profile, replicas=3) as deployment:
         users_file, script = root / f"{profile}.users", root / f"{profile}.lua"
         login_users(deployment.shop_url, 32, users_file)
-        script.write_text(CART_LUA % {"users": users_file})
+        script.write_text(CART_LUA % {"users": users_file, "pause": 0, "add_every": 5})
         seconds = 4 + kills * 6
         argv = ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script)]
         out: list[str] = []

@@ -191,6 +191,9 @@ backend {backend}
     http-check send meth GET uri /readyz
     http-check expect status 200
     default-server check inter {i}ms fastinter {fi}ms downinter {i}ms fall {fall} rise {rise}
+    # A busy replica may take a while to answer its check; a dead one refuses at once,
+    # so a longer check timeout does not slow noticing a crash.
+    timeout check 2s
     # Never replay a request that may have been processed unless replaying it is
     # safe: a read, or a write carrying an Idempotency-Key the replica dedupes.
     # Connection failures (nothing was sent) are still retried for every method.
