@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from statelab.db import models
 from statelab.db.engine import make_engine, sessionmaker
@@ -201,3 +201,35 @@ async def test_a_batch_is_routed_with_one_publish_per_room(replicas: Replicas) -
 async def _publishes(redis: RedisClient) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+
+@pytest.fixture
+def migrated_postgres(postgres_url: str) -> str:
+    upgrade(postgres_url)
+    return postgres_url
+
+
+async def test_the_writer_connection_dropped_by_the_database_is_replaced(
+    migrated_postgres: str, redis_url: str
+) -> None:
+    replicas = Replicas(migrated_postgres, redis_url)
+    try:
+        (alice,) = await replicas.users(1)
+        room = await replicas.room_of([alice])
+        store = replicas.stores[0]
+        assert (await store.post(room, alice, "alice", "before", "hi")).message.seq == 1
+        # What a database restart does to the connection the store keeps between batches.
+        async with replicas.engines[1].connect() as admin:
+            killed = await admin.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        assert killed and killed >= 1
+        after = await store.post(room, alice, "alice", "after", "still here")
+        assert (after.new, after.message.seq) == (True, 2)
+        history = await store.history(room, 0, 10)
+        assert [m.client_msg_id for m in history] == ["before", "after"]
+    finally:
+        await replicas.close()
