@@ -403,7 +403,19 @@ def _pid(process: ManagedProcess) -> int:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    return sum(proc_usage(pid)["cpu_seconds"] or 0.0 for pid in pids)
+    """CPU time of these processes and of their children (PostgreSQL's backends)."""
+    family = [*pids, *(child for pid in pids for child in _children(pid))]
+    return sum(proc_usage(pid)["cpu_seconds"] or 0.0 for pid in family)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # After the ")" closing the name: the state, then the parent's PID.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
 
 
 # ------------------------------------------------------------------------- measure
