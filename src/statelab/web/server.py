@@ -9,8 +9,10 @@ uvicorn stop: it closes the listener, finishes in-flight requests (bounded by
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -30,6 +32,10 @@ class _DrainingServer(uvicorn.Server):
         self.drain_seconds = drain_seconds
         self._draining = False
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.loaded_app
         if sig != signal.SIGTERM or self._draining or self.drain_seconds <= 0:
@@ -40,6 +46,26 @@ class _DrainingServer(uvicorn.Server):
         log.info("SIGTERM: draining for %.1f s before shutdown", self.drain_seconds)
         loop = asyncio.get_event_loop()
         loop.call_later(self.drain_seconds, super().handle_exit, sig, frame)
+
+
+#: Allocations between two collections of the youngest generation (Python: 700).
+GC_YOUNGEST = 10_000
+
+
+def settle_heap() -> None:
+    """Exempt what the replica holds from its start from the garbage collector, and
+    collect the young less often.
+
+    A request that waits for a store keeps what it allocated alive across the wait,
+    so under load its objects survive young collections and reach the oldest
+    generation, and each collection of that one walks every object of the process:
+    the framework, the drivers, the ORM. That walk cost a quarter of a cart read's
+    CPU (and pauses of tens of milliseconds); what was loaded at startup lives as
+    long as the process anyway. Fewer young collections let more of a request's
+    objects die before one looks at them (~8 % of a cart read, measured)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNGEST)
 
 
 def _mark_draining(app: object) -> None:
