@@ -668,6 +668,7 @@ class SqlRooms:
         self.limits = limits
         self._log: GroupCommit[_Post, Posted] = GroupCommit(self._commit, MAX_BATCH)
         self._writer = _Writer(sessions.kw["bind"])  # the engine the sessions are bound to
+        self._routing: asyncio.Task[None] | None = None  # the last batch's, while it runs
 
     async def _room_count(self, db: AsyncSession, user_id: int) -> int:
         member = models.ChatMember
@@ -754,17 +755,34 @@ class SqlRooms:
         """Commit the messages still queued (briefly), then refuse the rest."""
         await self._log.close()
         await self._writer.close()
+        if self._routing is not None:
+            await asyncio.wait([self._routing])
 
     async def _commit(self, posts: list[_Post]) -> list[Posted | Exception]:
-        """Store a batch in one transaction, then route what it stored. A constraint the
-        batch breaks (a resend another replica stored a moment ago) rolls it all back:
-        then each message is tried again alone, and only one still at fault fails."""
+        """Store a batch in one transaction, then have it routed. A constraint the batch
+        breaks (a resend another replica stored a moment ago) rolls it all back: then
+        each message is tried again alone, and only one still at fault fails."""
         try:
             results = await self._store(posts)
         except IntegrityError:
             results = [await self._store_alone(post) for post in posts]
-        await self._route([r for r in results if isinstance(r, Posted)])
+        await self._route_next([r for r in results if isinstance(r, Posted)])
         return results
+
+    async def _route_next(self, posted: list[Posted]) -> None:
+        """Route a committed batch while the next one is stored: its acks need not wait
+        for the publish, nor the next batch for it. Batches are routed one after the
+        other, in order, so a room's frames leave in seq order; waiting here for the
+        previous batch's routing keeps at most one behind."""
+        if self._routing is not None:
+            await asyncio.wait([self._routing])
+        self._routing = asyncio.create_task(self._route_logged(posted)) if posted else None
+
+    async def _route_logged(self, posted: list[Posted]) -> None:
+        try:
+            await self._route(posted)
+        except Exception:  # stored is what counts: readers catch up from history
+            log.exception("%d stored messages were not routed", len(posted))
 
     async def _store_alone(self, post: _Post) -> Posted | Exception:
         try:
