@@ -122,7 +122,8 @@ async def serve_queue(settings: Settings, worker_id: str, concurrency: int = 4) 
             id=worker_id,
             concurrency=concurrency,
             dequeue_timeout=1.0,
-            timers={"sweep": policy.sweep_every, "abort": 1, "schedule": 1, "worker_info": 10},
+            # saq waits out its upkeep loops' sleeps when it stops: short ones, a quick stop.
+            timers={"sweep": policy.sweep_every, "abort": 1, "schedule": 1, "worker_info": 2},
             shutdown_grace_period_s=max(1, int(settings.graceful_timeout_seconds)),
             after_process=after,
         )

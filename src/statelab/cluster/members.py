@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,15 @@ class Member(ManagedProcess):
     def start(self) -> None:
         super().start()
         self.exit_reported = False
+
+    def stop_undrained(self, timeout: float = 10.0) -> int | None:
+        """Stop without the drain period SIGTERM begins with (SIGINT), when no load
+        balancer sends it anything any more; SIGTERM, then SIGKILL, if it lingers."""
+        if self._proc is not None and self.alive:
+            self.kill(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout)
+        return self.stop(timeout)
 
 
 class Replica(Member, PortedProcess):

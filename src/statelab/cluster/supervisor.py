@@ -77,6 +77,7 @@ from statelab.cluster.servers import (
     require_free_port,
 )
 from statelab.config import NEEDS_REDIS, Profile, placement_conflict, resolve_placements
+from statelab.db.migrate import upgrade
 
 Balance = Literal["roundrobin", "sticky"]
 
@@ -184,7 +185,7 @@ class Cluster:
         self.run_dir = options.run_dir.resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.control_port = options.wanted_control_port  # the bound one after preflight
-        self.control_socket: socket.socket | None = None  # bound at preflight, not listening
+        self.control_socket: socket.socket | None = None  # bound and listening from preflight on
         self._shop_port = options.port  # HAProxy's, chosen at preflight when 0
         self.events = EventLog(self.run_dir / EVENTS_FILE)
         self.redis: RedisServer | None = None  # the one server of --redis single
@@ -294,10 +295,11 @@ class Cluster:
         self.events.emit("cluster.stopping")
         if self.haproxy is not None:
             await asyncio.to_thread(self.haproxy.stop)
-        # Replicas and workers started together and stop together, in parallel:
-        # shutdown costs one drain period, not one per process.
+        # Replicas and workers started together and stop together, in parallel. With
+        # the load balancer gone there is nothing to drain from: SIGINT, which stops
+        # a replica without the drain period SIGTERM begins with.
         members = [*self.workers.values(), *self.replicas.values()]
-        await asyncio.gather(*(asyncio.to_thread(m.stop, 20.0) for m in members))
+        await asyncio.gather(*(asyncio.to_thread(m.stop_undrained, 20.0) for m in members))
         for server in (self.postgres, self.delay_proxy, *self._redis_processes()[::-1]):
             if server is not None:
                 await asyncio.to_thread(server.stop)
@@ -364,17 +366,15 @@ class Cluster:
         return choice
 
     async def _migrate(self) -> None:
-        argv = [*statelab_command(), "migrate", "--database-url", self.database_url]
-        logfile = self.run_dir / "logs" / "migrate.log"
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        with logfile.open("ab") as out:
-            done = await asyncio.to_thread(
-                subprocess.run, argv, stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False
-            )
-        if done.returncode != 0:
-            tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-10:])
-            raise ServerError(f"statelab migrate failed; log {logfile}:\n{tail}")
-        self.events.emit("database.migrated", url=redact(self.database_url))
+        """Bring the schema up to date, in a thread of ours (Alembic runs its own event
+        loop): a process of its own would cost a Python start per cluster."""
+        try:
+            revision = await asyncio.to_thread(upgrade, self.database_url)
+        except Exception as exc:  # anything Alembic or the driver raises
+            raise ServerError(
+                f"the migration of {redact(self.database_url)} failed: {exc}"
+            ) from exc
+        self.events.emit("database.migrated", url=redact(self.database_url), revision=revision)
 
     # -- replicas --------------------------------------------------------------------
 
