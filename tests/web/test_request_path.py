@@ -51,6 +51,22 @@ async def test_a_cart_read_is_one_redis_round_trip(
         assert _reads(counter) - before <= 20 + 2
 
 
+async def test_a_cart_read_with_sessions_and_carts_in_sql_is_one_query(
+    shop: ShopFactory, sql_url: str
+) -> None:
+    place = {"session": "db", "cart": "db", "cache": "memory"}
+    client = await shop("stateless", place=place, database_url=sql_url)
+    headers = await register_and_login(client)
+    for item in (1, 10):
+        await client.post("/api/cart/items", json={"item_id": item}, headers=headers)
+    await client.get("/api/cart", headers=headers)  # the menu is in memory by now
+    statements = StatementCount(client._transport.app.state.stores.engine)  # type: ignore[attr-defined]
+    for _ in range(10):
+        r = await client.get("/api/cart", headers=headers)
+        assert [line["item_id"] for line in r.json()["items"]] == [1, 10]
+    assert statements.value == 10
+
+
 PLACES = [
     {"session": session, "cart": cart}
     for session, cart in [("redis", "redis"), ("memory", "memory"), ("db", "db"), ("db", "redis")]

@@ -77,13 +77,24 @@ class Stores:
     ) -> tuple[Session | None, CartLines, Menu]:
         """The session behind ``credential``, the lines of ``cart`` and the menu (through
         the cache), read together: whatever of them lives in Redis is read in one
-        round trip. No credential: no session; no cart: no lines."""
+        round trip, and sessions and carts both in SQL in one query. No credential:
+        no session; no cart: no lines."""
+        if credential and cart and (sql := self._sql_tables()) is not None:
+            both = sql[1].reading_with(sql[0], credential, cart)
+            (session, lines), menu = await read_together(self.link, both, self.menu.reading())
+            return session, lines, menu
         return await read_together(
             self.link,
             self.sessions.reading(credential) if credential else local(_nobody),
             self.carts.reading(cart) if cart is not None else local(_no_lines),
             self.menu.reading(),
         )
+
+    def _sql_tables(self) -> tuple[SqlSessions, SqlCarts] | None:
+        """The session and cart stores, where both are tables of the database."""
+        if isinstance(self.sessions, SqlSessions) and isinstance(self.carts, SqlCarts):
+            return self.sessions, self.carts
+        return None
 
     async def check_ready(self) -> dict[str, bool]:
         """Whether each backing store answers right now."""

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import ResponseError
-from sqlalchemy import delete, exists, func, literal, or_, select
+from sqlalchemy import Select, delete, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from statelab.db import models
@@ -55,6 +55,10 @@ from statelab.state import keys
 from statelab.state.errors import store_guard
 from statelab.state.reads import Read, local, read_one
 from statelab.state.redislink import RedisLink, Script, pairs
+from statelab.state.session import Session, SqlSessions
+
+#: A session and the lines of the cart read with it.
+Sighted = tuple[Session | None, CartLines]
 
 
 @dataclass(slots=True)
@@ -392,6 +396,18 @@ class SqlCarts:
     def reading(self, ref: CartRef) -> Read[CartLines]:
         return local(lambda: self.get(ref))
 
+    def reading_with(self, sessions: SqlSessions, credential: str, ref: CartRef) -> Read[Sighted]:
+        """The session behind ``credential`` and this cart's lines, in one query
+        (sessions in the same database); no session, no lines."""
+
+        async def answer(_: list[Any]) -> Sighted:
+            lines = self._query(_owner_key(ref.owner), self._clock()).subquery()
+            session, rows = await sessions.resolve_beside(credential, lines)
+            found = {int(r.item_id): int(r.quantity) for r in rows if r.item_id is not None}
+            return session, found
+
+        return Read((), answer)
+
     async def add(self, ref: CartRef, lines: CartLines) -> CartLines:
         for qty in lines.values():
             self._limits.check_quantity(qty)
@@ -468,13 +484,18 @@ class SqlCarts:
             )
 
     async def _lines(self, conn: AsyncConnection, owner: str, now: float) -> CartLines:
+        rows = await conn.execute(self._query(owner, now))
+        return {int(item): int(qty) for item, qty in rows}
+
+    @staticmethod
+    def _query(owner: str, now: float) -> Select[int, int]:
+        """The lines of a cart that has not expired."""
         line, cart = models.CartLine, models.Cart
-        rows = await conn.execute(
+        return (
             select(line.item_id, line.quantity)
             .join(cart, cart.owner == line.owner)
             .where(line.owner == owner, cart.expires_at > now)
         )
-        return {int(item): int(qty) for item, qty in rows}
 
 
 async def sweep_carts(engine: AsyncEngine, now: float) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from statelab.state.errors import store_guard
 from statelab.state.redislink import Command, RedisLink
@@ -62,12 +62,22 @@ async def _replies(link: RedisLink | None, reads: Sequence[Read[Any]]) -> list[l
     return split
 
 
+@overload
 async def read_together(
-    link: RedisLink | None, first: Read[A], second: Read[B], third: Read[C]
-) -> tuple[A, B, C]:
-    """The answers of three reads whose Redis commands went out in one pipeline."""
-    one, two, three = await _replies(link, (first, second, third))
-    return await first.answer(one), await second.answer(two), await third.answer(three)
+    link: RedisLink | None, first: Read[A], second: Read[B], /
+) -> tuple[A, B]: ...
+
+
+@overload
+async def read_together(
+    link: RedisLink | None, first: Read[A], second: Read[B], third: Read[C], /
+) -> tuple[A, B, C]: ...
+
+
+async def read_together(link: RedisLink | None, *reads: Read[Any]) -> tuple[Any, ...]:
+    """The answers of reads whose Redis commands went out in one pipeline."""
+    replies = await _replies(link, reads)
+    return tuple([await read.answer(mine) for read, mine in zip(reads, replies, strict=True)])
 
 
 async def read_one(link: RedisLink | None, read: Read[T]) -> T:

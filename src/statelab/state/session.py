@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import jwt
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, Subquery, delete, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statelab.db import models
@@ -686,18 +686,31 @@ class SqlSessions:
         return Issued(session, session.sid)
 
     async def resolve(self, credential: str) -> Session | None:
+        session, _ = await self.resolve_beside(credential, None)
+        return session
+
+    async def resolve_beside(
+        self, credential: str, beside: Subquery | None
+    ) -> tuple[Session | None, list[Row[*tuple[Any, ...]]]]:
+        """``resolve``, with the rows of ``beside`` read by the same statement (each
+        row of the answer is the session's, joined to one of them; none if they have
+        none): one query where two stores share the database. No session: no rows."""
         if not _SESSION_ID.fullmatch(credential):
-            return None
+            return None, []
+        query = select(*_COLUMNS).where(_T.sid == credential)
+        if beside is not None:
+            query = query.add_columns(*beside.c).outerjoin(beside, true())
         with store_guard("database"):
             async with self._engine.connect() as conn:
                 await conn.execution_options(**READ_ONLY)
-                row = (await conn.execute(select(*_COLUMNS).where(_T.sid == credential))).first()
+                rows: list[Row[*tuple[Any, ...]]] = list(await conn.execute(query))
         now = self._clock()
-        if row is None or now >= row.live_until:
-            return None
+        if not rows or now >= rows[0].live_until:
+            return None, []
+        row = rows[0]
         if now - row.touched_at > self._life.idle / 10:
             await self._renew(credential, min(now + self._life.idle, row.expires_at), now)
-        return _session_of(row)
+        return _session_of(row), rows
 
     def reading(self, credential: str) -> Read[Session | None]:
         return local(lambda: self.resolve(credential))
