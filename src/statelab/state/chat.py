@@ -628,8 +628,9 @@ async def _append(conn: AsyncConnection, fresh: list[Message]) -> None:
 
 class _Writer:
     """The one connection the group commit writes through, kept between batches: a
-    batch then pays no pool checkout, liveness ping or reset on return (three round
-    trips of eight). Batches come one at a time, so one connection is all they need.
+    batch then pays for no pool checkout, and for neither its liveness ping nor the
+    rollback on return (two round trips of eight). Batches come one at a time, so
+    one connection is all they need.
 
     The ping was what noticed a connection the database had dropped (a restart):
     now the first batch to find it dead is tried once more on a fresh connection,
