@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -28,12 +29,17 @@ class Menu:
 
     items: tuple[MenuItem, ...]
     version: int = 0
+    #: The items by id, made once per menu: every cart answer prices from it.
+    by_id: Mapping[int, MenuItem] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_id", {item.id: item for item in self.items})
 
     def get(self, item_id: int) -> MenuItem:
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise NotFound(f"menu item {item_id} does not exist")
+        item = self.by_id.get(item_id)
+        if item is None:
+            raise NotFound(f"menu item {item_id} does not exist")
+        return item
 
 
 @cache
@@ -75,7 +81,7 @@ class PricedCart:
 
 def price(lines: CartLines, menu: Menu) -> PricedCart:
     """Price a cart from the menu, in menu order, ignoring items no longer on it."""
-    known = {item.id: item for item in menu.items}
+    known = menu.by_id
     priced = tuple(
         PricedLine(item_id, known[item_id].name, qty, known[item_id].price_cents)
         for item_id, qty in sorted(lines.items())
