@@ -20,11 +20,24 @@ A hot room costs one transaction per batch instead of one per message. Each batc
 is routed with one publish per room, carrying its messages in seq order; every
 replica watching the room hands them to its own sockets.
 
-Pub/sub is fire-and-forget on purpose. The SQL log with its gap-free sequence is
-the source of truth; a live event is only a hint that carries the message to save a
-query. A replica that sees a gap in a room's sequence, or whose subscription was
-reconnected, reads the missing range from SQL. Streams would have kept a second,
-trimmed copy of the log in Redis for the same guarantee.
+Pub/sub keeps nothing: a publish reaches whoever is subscribed at that moment. The
+SQL log with its gap-free sequence is the source of truth; a live event is only a hint
+that carries the message to save a query. A replica that sees a gap in a room's
+sequence, or whose subscription was reconnected, reads the missing range from SQL.
+Streams would have kept a second, trimmed copy of the log in Redis for the same
+guarantee.
+
+That leaves one hole, which the publisher closes: a batch stored while Redis cannot
+take its publish (restarting, failing over) would reach a replica that resubscribed
+before it was stored only with its room's next message. So a batch whose publish
+fails is kept and published again as soon as Redis answers (after a pause that starts
+at ``ROUTE_RETRY_FIRST`` and doubles up to ``ROUTE_RETRY_MAX``), oldest first, and the
+batches stored meanwhile queue behind it, so a room's frames still leave in seq order.
+A frame may then reach a replica twice (its subscription came back in time, or a
+cluster took part of a publish); sockets skip seqs they were already sent. At most
+``MAX_UNROUTED`` messages are kept: older ones are let go and reach readers from
+history, through the gap the room's next routed message shows or the resync of a
+reconnected subscription.
 
 Unread counts are derived, not counted: ``rooms.last_seq - members.last_read_seq``.
 Sending marks the room read up to one's own message, so the difference is exactly the
@@ -73,6 +86,19 @@ SUBSCRIBE_TIMEOUT = 3.0
 #: Most messages one transaction stores; more wait for the next one. It bounds the
 #: statements' parameters (three per message to look up resends) and a batch's time.
 MAX_BATCH = 256
+#: Most stored messages a replica keeps to publish again while Redis cannot take them
+#: (besides the ``MAX_BATCH`` being published): at the default 2000-character limit,
+#: about 8 MB of ASCII text at worst. That is minutes of a busy replica's chat, far more
+#: than a restart or a failover takes. Past it the oldest kept messages are let go, and
+#: readers catch up on them from history (a room's next message shows the gap; a
+#: subscription that reconnects resyncs).
+MAX_UNROUTED = 4096
+#: First pause before publishing the kept messages again; it doubles up to the next.
+ROUTE_RETRY_FIRST = 0.05
+#: Longest pause between two attempts: how late a replica may route after Redis is back.
+ROUTE_RETRY_MAX = 1.0
+#: How long ``close_log`` tries once more to publish what is kept before letting it go.
+CLOSE_ROUTE_GRACE = 1.0
 
 Event = dict[str, Any]
 T = TypeVar("T")
@@ -670,6 +696,11 @@ class SqlRooms:
         self._log: GroupCommit[_Post, Posted] = GroupCommit(self._commit, MAX_BATCH)
         self._writer = _Writer(sessions.kw["bind"])  # the engine the sessions are bound to
         self._routing: asyncio.Task[None] | None = None  # the last batch's, while it runs
+        # Stored messages whose publish failed, oldest first, and the task publishing
+        # them again: while it runs, newer batches queue behind them instead.
+        self._unrouted: deque[Posted] = deque()
+        self._rerouting: asyncio.Task[None] | None = None
+        self._let_go = 0  # kept messages dropped past MAX_UNROUTED since the last success
 
     async def _room_count(self, db: AsyncSession, user_id: int) -> int:
         member = models.ChatMember
@@ -753,11 +784,13 @@ class SqlRooms:
         )
 
     async def close_log(self) -> None:
-        """Commit the messages still queued (briefly), then refuse the rest."""
+        """Commit the messages still queued (briefly), then refuse the rest; publish the
+        ones kept after a failed publish once more (briefly), then leave them to history."""
         await self._log.close()
         await self._writer.close()
         if self._routing is not None:
             await asyncio.wait([self._routing])
+        await self._stop_rerouting()
 
     async def _commit(self, posts: list[_Post]) -> list[Posted | Exception]:
         """Store a batch in one transaction, then have it routed. A constraint the batch
@@ -780,10 +813,99 @@ class SqlRooms:
         self._routing = asyncio.create_task(self._route_logged(posted)) if posted else None
 
     async def _route_logged(self, posted: list[Posted]) -> None:
+        """Route a batch, or queue it behind the kept ones while they wait to be routed
+        again. A batch the router cannot take now (``Unavailable``) is kept, and a task
+        routes the kept messages as soon as it can."""
+        if self._rerouting is not None:
+            self._keep(posted)
+            return
         try:
             await self._route(posted)
-        except Exception:  # stored is what counts: readers catch up from history
+        except Unavailable as exc:
+            log.warning(
+                "%d stored messages not routed (%s): routing them again when it answers",
+                len(posted), exc,
+            )  # fmt: skip
+            self._keep(posted)
+            self._rerouting = asyncio.create_task(self._reroute(), name="chat-reroute")
+        except Exception:  # a fault of ours, which another try would meet again
             log.exception("%d stored messages were not routed", len(posted))
+
+    def _keep(self, posted: list[Posted]) -> None:
+        self._unrouted.extend(posted)
+        self._trim()
+
+    def _put_back(self, chunk: list[Posted]) -> None:
+        """Return a chunk that was not routed to the front: it is older than the rest."""
+        self._unrouted.extendleft(reversed(chunk))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Let the oldest kept messages go past ``MAX_UNROUTED`` (history has them)."""
+        while len(self._unrouted) > MAX_UNROUTED:
+            self._unrouted.popleft()
+            self._let_go += 1
+
+    async def _reroute(self) -> None:
+        """Route the kept messages again, after a pause that doubles from
+        ``ROUTE_RETRY_FIRST`` up to ``ROUTE_RETRY_MAX``, until none is left. It ends
+        without awaiting after the last one is routed, so a batch either finds it
+        running (and queues behind it) or finds nothing kept (and is routed itself)."""
+        started, delay = time.monotonic(), ROUTE_RETRY_FIRST
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                if await self._route_kept():
+                    break
+                delay = min(delay * 2, ROUTE_RETRY_MAX)
+        finally:
+            self._rerouting = None
+        took = time.monotonic() - started
+        if self._let_go:
+            log.warning(
+                "routing answers again after %.1f s: kept messages routed; %d older ones"
+                " were let go (readers find them in history)",
+                took, self._let_go,
+            )  # fmt: skip
+        else:
+            log.info("routing answers again after %.1f s: kept messages routed", took)
+        self._let_go = 0
+
+    async def _route_kept(self) -> bool:
+        """Route the kept messages oldest first, ``MAX_BATCH`` at a time; True once none
+        is left, False when the router failed again (the rest stay kept, in order)."""
+        while self._unrouted:
+            count = min(MAX_BATCH, len(self._unrouted))
+            chunk = [self._unrouted.popleft() for _ in range(count)]
+            try:
+                await self._route(chunk)
+            except Unavailable:
+                self._put_back(chunk)
+                return False
+            except asyncio.CancelledError:
+                self._put_back(chunk)
+                raise
+            except Exception:  # a fault of ours, which another try would meet again
+                log.exception("%d stored messages were not routed", len(chunk))
+        return True
+
+    async def _stop_rerouting(self) -> None:
+        """Stop the retries, try the kept messages once more (for ``CLOSE_ROUTE_GRACE``
+        seconds at most), then let them go: readers find them in history."""
+        task = self._rerouting
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task])
+        self._rerouting = None  # a task cancelled before it ran never cleared it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._route_kept(), CLOSE_ROUTE_GRACE)
+        if self._unrouted:
+            log.warning(
+                "%d stored messages left unrouted at shutdown (readers find them in history)",
+                len(self._unrouted),
+            )
+            self._unrouted.clear()
 
     async def _store_alone(self, post: _Post) -> Posted | Exception:
         try:
@@ -796,7 +918,9 @@ class SqlRooms:
             return await self._writer.run(partial(_store_batch, posts=posts))
 
     async def _route(self, posted: list[Posted]) -> None:
-        """Send a committed batch to the replicas watching its rooms (``RedisChat``)."""
+        """Send committed messages to the replicas watching their rooms (``RedisChat``);
+        ``Unavailable`` when the router cannot take them now (they are kept and sent
+        again)."""
         return None
 
     @staticmethod
@@ -1095,7 +1219,8 @@ class RedisChat(SqlRooms):
 
     async def _route(self, posted: list[Posted]) -> None:
         """One publish per room for the whole batch, in one round trip: the frames in
-        seq order, each once. Each watching replica hands them to its own sockets."""
+        seq order, each once. Each watching replica hands them to its own sockets.
+        ``Unavailable`` when Redis cannot take them: the batch is kept and sent again."""
         frames: dict[str, dict[int, Event]] = {}
         for p in posted:
             frames.setdefault(p.message.room, {})[p.message.seq] = p.message.frame()
@@ -1106,8 +1231,8 @@ class RedisChat(SqlRooms):
         try:
             with store_guard("redis"):
                 await self._publish_all(bodies)
-        except (Unavailable, RedisError) as exc:  # stored is what counts; readers catch up
-            log.warning("%d messages stored but not routed: %s", len(posted), exc)
+        except RedisError as exc:  # refused (LOADING, READONLY...): worth another try too
+            raise Unavailable(f"redis refused the publish: {exc}") from exc
 
     async def _publish_all(self, bodies: dict[str, bytes]) -> None:
         if isinstance(self._redis, RedisCluster):
