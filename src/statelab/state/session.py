@@ -393,6 +393,20 @@ _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 _LEEWAY = 5  # seconds of clock skew tolerated between replicas
 
 
+def _session_of_claims(claims: dict[str, Any]) -> Session | None:
+    try:
+        return Session(
+            sid=str(claims["jti"]),
+            user_id=int(claims["sub"]),
+            username=str(claims.get("name", "")),
+            csrf_token=str(claims.get("csrf", "")),
+            created_at=float(claims.get("auth_time", claims["iat"])),
+            expires_at=float(claims["exp"]),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 class JwtCodec:
     """Signs sessions into tokens and verifies tokens back into sessions (HS256,
     a ``kid`` per key, every claim required); no store is involved."""
@@ -401,7 +415,8 @@ class JwtCodec:
         if config.active_kid not in config.keys:
             raise ValueError(f"jwt active kid {config.active_kid!r} has no key")
         self.config = config
-        self._verified: dict[str, dict[str, Any]] = {}  # token -> its verified claims
+        # token -> its verified claims and the session they describe (None if none)
+        self._verified: dict[str, tuple[dict[str, Any], Session | None]] = {}
 
     def new_session(self, user_id: int, username: str, user_agent: str) -> Session:
         """A session that lives as long as its token."""
@@ -427,40 +442,33 @@ class JwtCodec:
 
     def session(self, token: str) -> Session | None:
         """The session a valid token carries; None if any check fails."""
-        claims = self.decode(token)
-        if claims is None:
-            return None
-        try:
-            return Session(
-                sid=str(claims["jti"]),
-                user_id=int(claims["sub"]),
-                username=str(claims.get("name", "")),
-                csrf_token=str(claims.get("csrf", "")),
-                created_at=float(claims.get("auth_time", claims["iat"])),
-                expires_at=float(claims["exp"]),
-            )
-        except (TypeError, ValueError):
-            return None
+        verified = self._verified_entry(token)
+        return verified[1] if verified is not None else None
 
     def decode(self, token: str) -> dict[str, Any] | None:
-        """Verify signature, algorithm, issuer, audience and expiry; None if any fails.
+        """Verify signature, algorithm, issuer, audience and expiry; None if any fails."""
+        verified = self._verified_entry(token)
+        return verified[0] if verified is not None else None
 
-        A token verified once is remembered (bounded) with its claims: the same bytes
-        under the same keys verify the same way, so only expiry is checked again.
-        Verifying costs ~200 µs in PyJWT, more than the rest of a cart request."""
-        claims = self._verified.get(token)
-        if claims is not None:
-            if float(claims["exp"]) + _LEEWAY > time.time():
-                return claims
+    def _verified_entry(self, token: str) -> tuple[dict[str, Any], Session | None] | None:
+        """A token's claims and session, verified. A token verified once is remembered
+        (bounded) with them: the same bytes under the same keys verify the same way,
+        so only expiry is checked again. Verifying costs ~200 µs in PyJWT, more than
+        the rest of a cart request."""
+        verified = self._verified.get(token)
+        if verified is not None:
+            if float(verified[0]["exp"]) + _LEEWAY > time.time():
+                return verified
             del self._verified[token]
             return None
         claims = self._verify(token)
-        if claims is not None:
-            if len(self._verified) >= self.config.verified_cache:
-                # The oldest: tokens share one lifetime, so it is the nearest to expiry.
-                del self._verified[next(iter(self._verified))]
-            self._verified[token] = claims
-        return claims
+        if claims is None:
+            return None
+        if len(self._verified) >= self.config.verified_cache:
+            # The oldest: tokens share one lifetime, so it is the nearest to expiry.
+            del self._verified[next(iter(self._verified))]
+        verified = self._verified[token] = (claims, _session_of_claims(claims))
+        return verified
 
     def _verify(self, token: str) -> dict[str, Any] | None:
         try:

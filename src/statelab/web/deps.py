@@ -50,12 +50,16 @@ async def get_stores(request: Request) -> Stores:
 StoresDep = Annotated[Stores, Depends(get_stores)]
 
 
+#: Through which credential a caller is known.
+Via = Literal["cookie", "bearer", "none"]
+
+
 @dataclass
 class Caller:
     """Who sent the request, and through which credential."""
 
     session: Session | None
-    via: Literal["cookie", "bearer", "none"]
+    via: Via
     anon_id: str | None
     new_anon: bool = False
     cookies_out: dict[str, str | None] = field(default_factory=dict)
@@ -90,9 +94,6 @@ def _bearer(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
-
-
-Via = Literal["cookie", "bearer", "none"]
 
 
 def _credential(request: HTTPConnection, stores: Stores) -> tuple[str | None, Via]:
