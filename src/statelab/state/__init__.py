@@ -79,8 +79,9 @@ class Stores:
         the cache), read together: whatever of them lives in Redis is read in one
         round trip, and sessions and carts both in SQL in one query. No credential:
         no session; no cart: no lines."""
-        if credential and cart and (sql := self._sql_tables()) is not None:
-            both = sql[1].reading_with(sql[0], credential, cart)
+        if credential and cart is not None and (sql := self._sql_tables()) is not None:
+            sessions, carts = sql
+            both = carts.reading_with(sessions, credential, cart)
             (session, lines), menu = await read_together(self.link, both, self.menu.reading())
             return session, lines, menu
         return await read_together(
