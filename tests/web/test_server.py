@@ -7,17 +7,11 @@ import gc
 import socket
 from pathlib import Path
 
-import pytest
-
 from statelab.config import build_settings
 from statelab.web.server import GC_YOUNGEST, _DrainingServer, _uvicorn_config
 from tests.web.conftest import SECRET
 
 
-# The replica's WebSocket protocol (``ws="websockets"``) is one uvicorn and websockets
-# call deprecated; which one it uses is not this test's concern.
-@pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
 async def test_a_started_replica_leaves_its_startup_heap_to_no_collector(
     tmp_path: Path, sqlite_url: str, redis_url: str
 ) -> None:

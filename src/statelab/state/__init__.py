@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -134,7 +136,8 @@ async def _redis_answers(redis: RedisClient, link: RedisLink) -> bool:
 
 def make_redis(url: str) -> RedisClient:
     """One pooled client per process (one server, Sentinel or Cluster); short timeouts
-    so a dead Redis gives a fast 503."""
+    and two quick retries (redis-py's default backs off for seconds), so a dead Redis
+    gives a fast 503 and a failover is still followed on the next attempt."""
     return redis_client(
         url,
         decode_responses=True,
@@ -142,6 +145,7 @@ def make_redis(url: str) -> RedisClient:
         socket_timeout=2.0,
         health_check_interval=10,
         max_connections=200,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 2),
     )
 
 
