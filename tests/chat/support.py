@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,6 +100,23 @@ class Replica(PortedProcess):
         self.kill(signal.SIGKILL)
         assert self._proc is not None
         self._proc.wait(10)
+
+
+@contextlib.contextmanager
+def two_replicas_of(
+    tmp_path: Path, profile: str, database: str, redis_url: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[Replica, Replica]]:
+    """Replicas r1 and r2 started together, each waited for, both stopped after."""
+    replicas = [Replica(tmp_path, rid, profile, database, redis_url, env) for rid in ("r1", "r2")]
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            replica.wait_ready(30)
+        yield replicas[0], replicas[1]
+    finally:
+        for replica in replicas:
+            replica.stop(10)
 
 
 class Balancer(HAProxyServer):

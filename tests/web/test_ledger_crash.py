@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from statelab.db.migrate import upgrade
-from tests.chat.support import Login, Replica, login, unique
+from tests.chat.support import Login, Replica, login, two_replicas_of, unique
 
 
 @pytest.fixture
@@ -26,18 +26,8 @@ def two_replicas(
 ) -> Iterator[tuple[Replica, Replica]]:
     """Two ``statelab serve`` processes of the stateless profile over one PostgreSQL."""
     upgrade(postgres_url)
-    replicas = [
-        Replica(tmp_path, rid, "stateless", postgres_url, redis_url) for rid in ("r1", "r2")
-    ]
-    try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            replica.wait_ready(30)
-        yield replicas[0], replicas[1]
-    finally:
-        for replica in replicas:
-            replica.stop(10)
+    with two_replicas_of(tmp_path, "stateless", postgres_url, redis_url) as pair:
+        yield pair
 
 
 async def _money(

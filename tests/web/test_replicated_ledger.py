@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from statelab.cluster.servers import RedisServer
-from tests.chat.support import Login, Replica, login, sqlite_database, unique
+from tests.chat.support import Login, Replica, login, sqlite_database, two_replicas_of, unique
 from tests.support import register_and_login, share_login
 from tests.web.conftest import ShopFactory
 
@@ -154,18 +154,8 @@ def two_replicas(tmp_path: Path, redis_url: str) -> Iterator[tuple[Replica, Repl
     """Two ``statelab serve`` processes of the stateless profile, ledger replicated."""
     database = sqlite_database(tmp_path / "db")
     env = {"STATELAB_PLACE": "ledger=replicated"}
-    replicas = [
-        Replica(tmp_path, rid, "stateless", database, redis_url, env) for rid in ("r1", "r2")
-    ]
-    try:
-        for replica in replicas:
-            replica.start()
-        for replica in replicas:
-            replica.wait_ready(30)
-        yield replicas[0], replicas[1]
-    finally:
-        for replica in replicas:
-            replica.stop(10)
+    with two_replicas_of(tmp_path, "stateless", database, redis_url, env) as pair:
+        yield pair
 
 
 class Teller:
