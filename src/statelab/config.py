@@ -245,6 +245,9 @@ class Settings(BaseSettings):
     # How often a socket re-checks that its session or token was not revoked
     # (besides closing at its expiry time): at least every minute.
     chat_session_check_seconds: float = Field(default=30.0, gt=0, le=60)
+    # How often a replica compares its sockets' cursors with each room's newest message:
+    # a live frame lost on the way (a publish into a failing-over Redis) still arrives.
+    chat_catch_up_seconds: float = Field(default=2.0, gt=0, le=60)
     # Jobs: a queued job whose heartbeat is silent this long is redelivered; one
     # running longer than the timeout is cancelled and retried. The hold makes
     # each job pause half-way (lab and tests use it to kill a process mid-job).

@@ -80,6 +80,26 @@ async def test_a_resend_is_stored_once_and_acked_with_the_same_seq(pair: Pair) -
         await client.close()
 
 
+async def test_a_message_sent_right_after_a_join_reaches_its_sender(pair: Pair) -> None:
+    """The join fixes where the socket's cursor starts before the next frame is read:
+    a send that follows it at once (stored before the writer got round to the join)
+    is still delivered, to the sender and to everyone who joined before."""
+    r1, r2 = pair
+    alice, bob = await login(r1, unique("alice")), await login(r2, unique("bob"))
+    room = await new_room(r1, alice)
+    b = await joined(r2, bob, room)
+    a = await ChatClient.open(r1, alice)
+    for i in range(20):
+        await a.send(type="join", room=room)
+        await a.send(type="send", room=room, client_msg_id=f"m{i}", text=f"right away {i}")
+        await a.wait(is_type("message", client_msg_id=f"m{i}"), timeout=5)
+        await a.send(type="leave", room=room)
+    await b.wait(is_type("message", client_msg_id="m19"))
+    assert b.seqs(room) == list(range(1, 21))
+    for client in (a, b):
+        await client.close()
+
+
 async def test_unread_counts_are_right_after_reads_on_another_replica(pair: Pair) -> None:
     r1, r2 = pair
     alice, bob = await login(r1, unique("alice")), await login(r2, unique("bob"))

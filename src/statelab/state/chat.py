@@ -213,6 +213,10 @@ class ChatStore(Protocol):
 
     async def last_seq(self, room_id: str) -> int: ...
 
+    async def last_seqs(self, room_ids: list[str]) -> dict[str, int]:
+        """The newest sequence number of each room (one query)."""
+        ...
+
     async def mark_read(self, room_id: str, user_id: int, seq: int) -> int:
         """Move the user's read mark forward to ``seq``; returns the unread count."""
         ...
@@ -394,6 +398,9 @@ class MemoryChat:
     async def last_seq(self, room_id: str) -> int:
         room = self._rooms.get(room_id)
         return room.last_seq if room is not None else 0
+
+    async def last_seqs(self, room_ids: list[str]) -> dict[str, int]:
+        return {r: self._rooms[r].last_seq for r in room_ids if r in self._rooms}
 
     async def mark_read(self, room_id: str, user_id: int, seq: int) -> int:
         room = self._member_room(room_id, user_id)
@@ -955,6 +962,13 @@ class SqlRooms:
                     select(models.ChatRoom.last_seq).where(models.ChatRoom.id == room_id)
                 )
         return int(value or 0)
+
+    async def last_seqs(self, room_ids: list[str]) -> dict[str, int]:
+        room = models.ChatRoom
+        with store_guard("database"):
+            async with self._sessions() as db:
+                rows = await db.execute(select(room.id, room.last_seq).where(room.id.in_(room_ids)))
+        return {str(r.id): int(r.last_seq) for r in rows}
 
     async def mark_read(self, room_id: str, user_id: int, seq: int) -> int:
         with store_guard("database"):

@@ -177,10 +177,13 @@ class _Live:
 
 @dataclass(frozen=True, slots=True)
 class _Start:
-    """Start a cursor: at ``after`` (resume) or at the room's newest message (join)."""
+    """Start a cursor at ``after`` and send what came since. A join passes the room's
+    newest message when the join was read (``keep``: a repeated join keeps the cursor);
+    a resume passes what the client last saw."""
 
     room: str
-    after: int | None
+    after: int
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,12 +327,14 @@ class Connection:
         self.cursors[item.room] = item.seq
 
     async def _start(self, item: _Start) -> None:
-        newest = await self.store.last_seq(item.room)
-        if item.after is None:
-            # A repeated join keeps the cursor: what is queued behind it is unsent.
-            self.cursors.setdefault(item.room, newest)
-            return
-        self.cursors[item.room] = min(item.after, newest)
+        if item.keep:
+            if item.room in self.cursors:
+                return  # a repeated join: what is queued behind the cursor is unsent
+            self.cursors[item.room] = item.after
+        else:
+            self.cursors[item.room] = min(item.after, await self.store.last_seq(item.room))
+        # A message stored between the join and now (the socket's own first one,
+        # say) has its live frame queued behind this item: catch-up sends it first.
         await self._catch_up(item.room, None)
 
     async def _catch_up(self, room: str, upto: int | None) -> None:
@@ -363,6 +368,7 @@ class Hub:
         self._check = check
         self._by_user: dict[int, set[Connection]] = {}
         self._by_room: dict[str, set[Connection]] = {}
+        self._keeping_up: asyncio.Task[None] | None = None
         self._watched: set[str] = set()
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._presence_locks: dict[int, asyncio.Lock] = {}
@@ -370,6 +376,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.store.start(self)
+        self._keeping_up = asyncio.create_task(self._keep_up())
 
     async def stop(self) -> None:
         """Close what is still open with 1012 (uvicorn already did on its shutdown)
@@ -380,7 +387,35 @@ class Hub:
         closers = [c.closer for cs in self._by_user.values() for c in cs if c.closer]
         if closers:
             await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
+        if self._keeping_up is not None:
+            self._keeping_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeping_up
         await self.store.stop()
+
+    async def _keep_up(self) -> None:
+        """Anti-entropy for live delivery: every ``chat_catch_up_seconds`` compare each
+        socket's cursor with its rooms' newest message (one query). A socket still short
+        of what was newest a round earlier missed a live frame (a publish lost in a
+        Redis failover, say) and pulls the rest from history; one merely busy writing a
+        burst is left alone until the next round."""
+        every = self.settings.chat_catch_up_seconds
+        seen: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(every)
+            rooms = sorted(room for room, conns in self._by_room.items() if conns)
+            if not rooms:
+                continue
+            try:
+                newest = await self.store.last_seqs(rooms)
+            except StatelabError:
+                continue  # the store is down: the next round tries again
+            for room, was in seen.items():
+                for conn in list(self._by_room.get(room, ())):
+                    cursor = conn.cursors.get(room)
+                    if cursor is not None and cursor < was:
+                        conn.offer(_CatchUp(room))
+            seen = newest
 
     # -- one socket ------------------------------------------------------------------
 
@@ -584,7 +619,9 @@ class Hub:
 
     async def _subscribe(self, conn: Connection, room: str, after: int | None) -> None:
         """Follow the room on this socket. The replica subscribes (and Redis confirms)
-        before the writer reads where the room is, so nothing falls in between."""
+        before anyone reads where the room is, so nothing falls in between. A join
+        reads it here, before the socket's next frame: every message stored after
+        the join was read — the socket's own next send included — is delivered."""
         if room not in conn.rooms:
             async with self._room_lock(room):
                 if room not in self._watched:
@@ -592,7 +629,10 @@ class Hub:
                     self._watched.add(room)
                 conn.rooms.add(room)
                 self._by_room.setdefault(room, set()).add(conn)
-        conn.offer(_Start(room, after))
+        if after is None:
+            conn.offer(_Start(room, await self.store.last_seq(room), keep=True))
+        else:
+            conn.offer(_Start(room, after))
 
     async def _unsubscribe(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
