@@ -33,6 +33,7 @@ class Chatter:
     relogins: int = 0
     reconnect_seconds: list[float] = field(default_factory=list)
     typists: set[str] = field(default_factory=set)  # who this user saw typing in the room
+    joined: asyncio.Event = field(default_factory=asyncio.Event)  # the server confirmed
     _reader: asyncio.Task[None] | None = None
     _stop: bool = False
 
@@ -61,6 +62,8 @@ class Chatter:
                     self.received.append(
                         (str(frame["sender"]), str(frame["client_msg_id"]), int(frame["seq"]))
                     )
+                elif frame.get("type") == "unread" and frame.get("room") == self.room:
+                    self.joined.set()  # the answer to a join: messages from here are owed
                 elif frame.get("type") == "typing" and frame.get("room") == self.room:
                     self.typists.add(str(frame["user"]))
                 elif frame.get("type") == "ack":
@@ -78,6 +81,13 @@ class Chatter:
                     pass
             await self.reconnect()
         raise ConnectionError(f"{self.shopper.name} could not reach the chat")
+
+    async def join(self, within: float = 10.0) -> None:
+        """Join the room and wait until the server confirms: only messages stored
+        after that point are owed to this user live (earlier ones are history)."""
+        self.joined.clear()
+        await self.send({"type": "join", "room": self.room})
+        await asyncio.wait_for(self.joined.wait(), within)
 
     async def say(self, client_msg_id: str, text: str) -> None:
         self.pending[client_msg_id] = text

@@ -149,7 +149,7 @@ async def play_chat(ctx: Context) -> Played:
         for s in shoppers:
             chatter = Chatter(s, ws_url, room)
             await chatter.connect()
-            await chatter.send({"type": "join", "room": room})
+            await chatter.join()
             chatters.append(chatter)
         await asyncio.sleep(0.5)
         spread = sorted({c.replica for c in chatters})

@@ -256,7 +256,7 @@ async def _in_one_room(ctx: Context, talkers: list[Shopper]) -> list[Chatter]:
     for talker in talkers:
         chatter = Chatter(talker, ws_url, room)
         await chatter.connect()
-        await chatter.send({"type": "join", "room": room})
+        await chatter.join()
         chatters.append(chatter)
     return chatters
 

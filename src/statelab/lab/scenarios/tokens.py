@@ -63,7 +63,7 @@ async def play_revocation(ctx: Context) -> Played:
         try:
             for c in clients:  # every replica has seen the credential once
                 await c.get("/api/auth/me")
-            before, count = await _lookups(ctx), ctx.scale(60, 200)
+            before, count = await _lookups(ctx), ctx.scale(300, 600)
             began = time.monotonic()
             for i in range(count):
                 await clients[i % len(clients)].get("/api/auth/me")
