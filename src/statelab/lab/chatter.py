@@ -33,7 +33,9 @@ class Chatter:
     relogins: int = 0
     reconnect_seconds: list[float] = field(default_factory=list)
     typists: set[str] = field(default_factory=set)  # who this user saw typing in the room
-    joined: asyncio.Event = field(default_factory=asyncio.Event)  # the server confirmed
+    errors: list[dict[str, Any]] = field(default_factory=list)  # error frames received
+    _answered: asyncio.Event = field(default_factory=asyncio.Event)  # unread or error came
+    _joined: bool = False
     _reader: asyncio.Task[None] | None = None
     _stop: bool = False
 
@@ -63,7 +65,11 @@ class Chatter:
                         (str(frame["sender"]), str(frame["client_msg_id"]), int(frame["seq"]))
                     )
                 elif frame.get("type") == "unread" and frame.get("room") == self.room:
-                    self.joined.set()  # the answer to a join: messages from here are owed
+                    self._joined = True  # the answer to a join: messages from here are owed
+                    self._answered.set()
+                elif frame.get("type") == "error":
+                    self.errors.append(frame)
+                    self._answered.set()
                 elif frame.get("type") == "typing" and frame.get("room") == self.room:
                     self.typists.add(str(frame["user"]))
                 elif frame.get("type") == "ack":
@@ -82,12 +88,15 @@ class Chatter:
             await self.reconnect()
         raise ConnectionError(f"{self.shopper.name} could not reach the chat")
 
-    async def join(self, within: float = 10.0) -> None:
-        """Join the room and wait until the server confirms: only messages stored
-        after that point are owed to this user live (earlier ones are history)."""
-        self.joined.clear()
+    async def join(self, within: float = 10.0) -> bool:
+        """Join the room and wait for the server's answer: True once it confirms (only
+        messages stored after that point are owed to this user live), False if it
+        refused (a room kept in another replica's memory is unknown here)."""
+        self._joined = False
+        self._answered.clear()
         await self.send({"type": "join", "room": self.room})
-        await asyncio.wait_for(self.joined.wait(), within)
+        await asyncio.wait_for(self._answered.wait(), within)
+        return self._joined
 
     async def say(self, client_msg_id: str, text: str) -> None:
         self.pending[client_msg_id] = text

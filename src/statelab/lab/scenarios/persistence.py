@@ -256,7 +256,8 @@ async def _in_one_room(ctx: Context, talkers: list[Shopper]) -> list[Chatter]:
     for talker in talkers:
         chatter = Chatter(talker, ws_url, room)
         await chatter.connect()
-        await chatter.join()
+        if not await chatter.join():
+            raise RuntimeError(f"{talker.name} could not join the room: {chatter.errors}")
         chatters.append(chatter)
     return chatters
 
