@@ -157,17 +157,7 @@ class PeriodicWork:
                     .order_by(row.period.desc(), row.id.desc())
                     .limit(limit)
                 )
-                return [
-                    SalesReport(
-                        period=r.period,
-                        period_seconds=r.period_seconds,
-                        ran_by=r.ran_by,
-                        orders=r.orders,
-                        revenue_cents=r.revenue_cents,
-                        created_at=r.created_at,
-                    )
-                    for r in found
-                ]
+                return [SalesReport(**r._asdict()) for r in found]
 
     async def _summaries(self, period: Period, slot: str, ran_by: str, catch_up: bool) -> int:
         with store_guard("database"):

@@ -45,16 +45,4 @@ async def reports(
 ) -> Reports:
     """The newest sales summaries, newest period first (admins only)."""
     found = await stores.timers.work.reports(limit)
-    return Reports(
-        reports=[
-            Report(
-                period=r.period,
-                period_seconds=r.period_seconds,
-                ran_by=r.ran_by,
-                orders=r.orders,
-                revenue_cents=r.revenue_cents,
-                created_at=r.created_at,
-            )
-            for r in found
-        ]
-    )
+    return Reports(reports=[Report.model_validate(r, from_attributes=True) for r in found])
