@@ -194,7 +194,7 @@ async def play_sticky_skew(ctx: Context) -> Played:
     sizes: tuple[int, ...] = ctx.knob("sizes", (12, 60, 240) if ctx.quick else (12, 120, 1200))
     count: int = ctx.knob("populations", ctx.scale(6, 10))
     sigma: float = ctx.knob("sigma", 1.0)
-    seconds: int = ctx.knob("seconds", 1 if ctx.quick else 2)
+    seconds: int = ctx.knob("seconds", 1)
     prefix = f"skew-{uuid.uuid4().hex[:4]}"
     sessions = await _log_in(ctx, [f"{prefix}-{i}" for i in range(max(sizes))])
     assert len(sessions) == max(sizes), "not every account could log in"

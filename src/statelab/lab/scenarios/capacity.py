@@ -3,7 +3,7 @@
 One replica is put in a memory cgroup that lets it take a headroom more than it
 holds when the scenario begins (``--set headroom_mb=N``); users keep logging in
 until the replica is killed by the kernel, starts refusing, or has taken as many
-logins as the memory placement managed (and half again) without trouble. The same
+logins as the memory placement managed (and a quarter again) without trouble. The same
 run with sessions in Redis is the control: the replica should stay flat while
 Redis grows. Bytes per session are measured on both sides.
 """
@@ -57,20 +57,20 @@ async def _redis_used(ctx: Context) -> int:
 
 def _target(ctx: Context) -> int:
     """How many logins the run may make: until the cap for memory sessions; for the
-    control, half again as many as the memory placement reached."""
+    control, a quarter again as many as the memory placement reached."""
     asked = ctx.knob("max_sessions", 0)
     if asked:
         return int(asked)
     capped = ctx.previous.get("memory", "memory")
     if capped is not None and capped.metrics.get("sessions_at_cap"):
-        return int(capped.metrics["sessions_at_cap"] * 1.5)
+        return int(capped.metrics["sessions_at_cap"] * 1.25)
     return ctx.scale(40_000, 200_000)
 
 
 async def play_memory(ctx: Context) -> Played:
     replica = await _replica(ctx)
     rid, url = replica["id"], replica["url"]
-    headroom = int(ctx.knob("headroom_mb", ctx.scale(12, 48))) * 2**20
+    headroom = int(ctx.knob("headroom_mb", ctx.scale(12, 16))) * 2**20
     rss0, redis0 = int(replica["rss_bytes"]), await _redis_used(ctx)
     limited = await ctx.deployment.limit_memory(rid, headroom)
     limit = int(limited["memory_limit_bytes"])

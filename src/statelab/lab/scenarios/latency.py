@@ -80,7 +80,7 @@ async def play_latency(ctx: Context) -> Played:
     users = ctx.workdir / "latency.users"
     prefix = f"lat{uuid.uuid4().hex[:4]}"
     await asyncio.to_thread(load.login_users, ctx.url, 32, users, prefix)
-    seconds = float(ctx.knob("seconds", ctx.scale(2, 8)))
+    seconds = float(ctx.knob("seconds", ctx.scale(2, 5)))
     stateful = ctx.previous.get("latency", "stateful")
     if stateful is not None and ctx.variant.label != "stateful":
         saturation, source = float(stateful.metrics["saturation_rps"]), "latency/stateful"
