@@ -282,6 +282,10 @@ def bench(
     rooms: Annotated[
         int, typer.Option(min=1, help="Chat rooms the chat workload spreads over.")
     ] = 1,
+    rate: Annotated[
+        float,
+        typer.Option(min=1, help="Messages per second the chat workload offers (open loop)."),
+    ] = 600.0,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print Markdown tables (for the README).")
     ] = False,
@@ -305,6 +309,7 @@ def bench(
             workload=workload,
             database=database,
             rooms=rooms,
+            rate=rate,
         )
     except (BenchError, ServerError) as exc:
         raise fail(str(exc)) from exc

@@ -284,13 +284,15 @@ def test_a_short_chat_bench_reports_the_chat_measure_and_gives_the_cores_back(
 ) -> None:
     before = os.sched_getaffinity(0)
     out = tmp_path / "chat.json"
-    argv = ["bench", "--workload", "chat", "--seconds", "1", "--json", str(out), "--markdown"]
+    argv = ["bench", "--workload", "chat", "--seconds", "1", "--rate", "300", "--json", str(out),
+            "--markdown"]  # fmt: skip
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert os.sched_getaffinity(0) == before  # the generator ran pinned in this process
     bench = json.loads(out.read_text())
     chat = bench["chat"]
     assert chat["database"] == "sqlite" and chat["rooms"] == 1
+    assert chat["offered_per_second"] == 300
     assert chat["msgs_per_second"] > 0 and chat["gaps"] == 0
     assert chat["ack_p99_ms"] > 0 and chat["delivery_p99_ms"] > 0
     assert bench["profiles"] == {} and bench["scale_out"] == []

@@ -490,7 +490,9 @@ def _pinned_self(cpus: tuple[int, ...]) -> Iterator[None]:
         _pin(os.getpid(), was)
 
 
-def chat(database: Database, seconds: float, rooms: int, pinning: Pinning) -> dict[str, Any]:
+def chat(
+    database: Database, seconds: float, rooms: int, rate: float, pinning: Pinning
+) -> dict[str, Any]:
     """Messages per second, ack and delivery p99 and gaps through two replicas, from
     ``statelab.lab.chatload.measure``: it starts its own replicas and stores, and names
     their PIDs, so the replicas go on the server CPUs and the stores on the others;
@@ -506,7 +508,7 @@ def chat(database: Database, seconds: float, rooms: int, pinning: Pinning) -> di
 
     with _pinned_self(pinning.load):
         measured: dict[str, Any] = chatload.measure(
-            database=database, seconds=seconds, rooms=rooms, on_started=place
+            database=database, seconds=seconds, rooms=rooms, rate=rate, on_started=place
         )
     return {"database": database, "rooms": rooms, **measured}
 
@@ -524,6 +526,7 @@ def run(
     workload: Workload = "cart",
     database: Database = "sqlite",
     rooms: int = 1,
+    rate: float = 600.0,
     pinning: Pinning | None = None,
 ) -> dict[str, Any]:
     """Every column and both references under ``workload``, pinned, in turns; then
@@ -539,7 +542,7 @@ def run(
         "database": database,
     }
     if workload == "chat":
-        return result | _chat_result(database, seconds, rooms, pinning)
+        return result | _chat_result(database, seconds, rooms, rate, pinning)
     with tempfile.TemporaryDirectory(prefix="statelab-bench-") as tmp:
         setup = Setup(Path(tmp), workload, connections, users, pinning)
         measured = _servers(setup, profiles, rounds, seconds, database)
@@ -588,18 +591,21 @@ def _servers(
 
 
 def _chat_result(
-    database: Database, seconds: float, rooms: int, pinning: Pinning
+    database: Database, seconds: float, rooms: int, rate: float, pinning: Pinning
 ) -> dict[str, Any]:
     where = (
         f"both replicas on CPU {_cpus(pinning.servers)}; the message generator, Redis and "
         f"PostgreSQL on CPU {_cpus(pinning.load)} (sched_setaffinity on every thread)"
     )
     return {
-        "load_generator": f"statelab.lab.chatload.measure, {seconds:g} s, {rooms} room(s)",
+        "load_generator": (
+            f"statelab.lab.chatload.measure, {rate:g} messages/s offered for {seconds:g} s, "
+            f"{rooms} room(s)"
+        ),
         "pinning": pinning.as_json() | ({"note": where} if pinning.pinned else {}),
         "profiles": {},
         "references": {},
-        "chat": chat(database, seconds, rooms, pinning),
+        "chat": chat(database, seconds, rooms, rate, pinning),
         "scale_out": [],
         "scale_out_note": "not measured for the chat workload",
     }
