@@ -96,6 +96,15 @@ def test_the_picker_avoids_the_ephemeral_range_and_reserved_ports() -> None:
     assert PortPicker(ephemeral=(1024, 65535), reserved=[]).ranges == [range(1025, 65536)]
 
 
+def test_a_port_handed_out_is_not_handed_out_again_before_it_is_bound() -> None:
+    """A Redis cluster node's bus port is picked long before redis-server binds it:
+    nothing else may be given that port meanwhile."""
+    picker = PortPicker(random.Random(3), ephemeral=(10000, 65000), reserved=[range(1025, 64901)])
+    assert picker.size == 535  # 65001-65535
+    picked = [picker.pick() for _ in range(300)]
+    assert len(set(picked)) == 300
+
+
 def test_the_kernels_port_settings_are_read_as_it_writes_them(tmp_path: Path) -> None:
     (tmp_path / "range").write_text("40000\t50000\n")
     (tmp_path / "reserved").write_text("8000-8010,9000\n")

@@ -43,6 +43,7 @@ from statelab.cluster.servers import (
     RedisServer,
     ServerError,
     find_binary,
+    port_is_free,
 )
 
 __all__ = [
@@ -140,6 +141,18 @@ class RedisNode(RedisServer):
         self.min_replicas = min_replicas
         # The cluster bus port defaults to port + 10000, which may be past 65535 or taken.
         self.bus_port = self.ports.pick() if cluster else None
+
+    def prepare(self) -> None:
+        """Before each spawn: the bus port, too, must still be ours to take."""
+        if self.bus_port is not None and not port_is_free(self.bus_port):
+            self.bus_port = self.ports.pick()
+        super().prepare()
+
+    def _move(self, why: str) -> None:
+        # "Address already in use" may be about either port: both move.
+        super()._move(why)
+        if self.bus_port is not None:
+            self.bus_port = self.ports.pick()
 
     def config(self) -> str:
         lines = [super().config().rstrip("\n")]

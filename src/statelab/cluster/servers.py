@@ -186,6 +186,9 @@ class PortPicker:
         # SystemRandom by default: no state to share with a forked child, which
         # would otherwise pick exactly the ports its parent picks.
         self._rng = rng if rng is not None else random.SystemRandom()
+        # Ports handed out and perhaps not bound yet (a process still starting, a
+        # Redis cluster node's bus port): never handed out twice.
+        self._given: set[int] = set()
         low, high = ephemeral if ephemeral is not None else ephemeral_port_range()
         holes = [range(low, high + 1), *(reserved if reserved is not None else reserved_ports())]
         self.ranges = _without([range(PREFERRED_FLOOR, 65536)], holes)
@@ -217,7 +220,8 @@ class PortPicker:
         candidates = self.candidates()
         for _ in range(_PICK_TRIES):
             port = next(candidates)
-            if port_is_free(port, host):
+            if port not in self._given and port_is_free(port, host):
+                self._given.add(port)
                 return port
         raise PortInUse(f"no free port on {host} after {_PICK_TRIES} tries")
 

@@ -106,7 +106,9 @@ async def play_revocation(ctx: Context) -> Played:
             metrics["accepted_after_logout_all"] == 0
         )
     if ctx.placements.get("session") == "jwt-pure":
-        invariants["no store lookup per request"] = lookups == 0
+        # Health checks in the two intervals differ by a call or two, i.e. thousandths
+        # per request; the deny-list would be a whole call on every request.
+        invariants["no store lookup per request"] = lookups < 0.05
     return Played(invariants, dict(metrics), await ctx.timeline())
 
 
